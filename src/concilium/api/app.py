@@ -1,0 +1,96 @@
+"""The ASGI application."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+from concilium import __version__
+from concilium.api.deps import authenticate
+from concilium.api.middleware import EdgeMiddleware
+from concilium.api.problems import install_error_handlers
+from concilium.api.routes import (
+    account,
+    admin,
+    auth,
+    conversations,
+    health,
+    knowledge,
+    openai,
+    workspaces,
+    ws,
+)
+from concilium.config import Settings
+from concilium.services import Services
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
+    """Build the app. Services are built now (no I/O) and started by the lifespan."""
+    services = services or Services.build(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await services.start(serving=True)
+        try:
+            yield
+        finally:
+            await services.stop()
+
+    app = FastAPI(
+        title="Concilium",
+        version=__version__,
+        summary="Self-hosted, offline-first AI orchestrator.",
+        lifespan=lifespan,
+        # The interactive pages load their scripts from a CDN: not offline, not with our CSP.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.services = services
+    install_error_handlers(app)
+    for module in (
+        health,
+        auth,
+        account,
+        workspaces,
+        conversations,
+        knowledge,
+        openai,
+        admin,
+        ws,
+    ):
+        app.include_router(module.router)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request) -> dict[str, Any]:
+        """The API description, for authenticated callers."""
+        await authenticate(request, method="GET")
+        return app.openapi()
+
+    if settings.server.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.server.cors_origins,
+            allow_credentials=True,
+            allow_methods=["GET", "POST", "PATCH", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "X-CSRF-Token"],
+        )
+    app.add_middleware(
+        EdgeMiddleware,
+        metrics=services.metrics,
+        max_body_bytes=settings.server.max_body_bytes,
+        max_upload_bytes=settings.knowledge.max_upload_bytes,
+        limiter=services.limiter,
+        ip_per_minute=settings.limits.ip_per_minute,
+    )
+    # Outermost: the client address every layer sees is the forwarded one only when the
+    # peer is a trusted proxy.
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.server.trusted_proxies)
+    return app

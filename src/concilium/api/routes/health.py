@@ -1,0 +1,44 @@
+"""Liveness, readiness and Prometheus metrics. Unauthenticated by design."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from concilium.api.deps import ServicesDep, authenticate
+from concilium.api.schemas import problem_responses
+from concilium.auth.principal import Scope
+from concilium.observability.health import readiness
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/health/live")
+async def live() -> dict[str, str]:
+    """The process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/health/ready", responses={503: {"description": "A dependency is not ready."}})
+async def ready(services: ServicesDep) -> JSONResponse:
+    """The database answers and the default model's backend can serve."""
+    report = await readiness(services)
+    return JSONResponse(report.as_dict(), status_code=200 if report.ok else 503)
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+        **{k: v for k, v in problem_responses().items() if k in (401, 403, 429)},
+    },
+)
+async def metrics(request: Request, services: ServicesDep) -> Response:
+    """Prometheus text exposition (needs the ``metrics`` scope unless server.public_metrics)."""
+    if not services.settings.server.public_metrics:
+        principal = await authenticate(request, method="GET")
+        principal.require(Scope.METRICS)
+    return Response(services.metrics.render(), media_type="text/plain; version=0.0.4")

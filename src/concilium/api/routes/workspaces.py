@@ -1,0 +1,131 @@
+"""Workspaces the caller belongs to, and their members."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Path, Response, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from concilium.api.deps import CurrentPrincipal, ServicesDep
+from concilium.api.routes.auth import Username
+from concilium.api.schemas import ID_PATTERN, SafeText, problem_responses
+from concilium.store.models import Workspace
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api/workspaces", tags=["workspaces"], responses=problem_responses())
+
+WorkspaceId = Annotated[str, Path(pattern=ID_PATTERN, description="Workspace id.")]
+UserId = Annotated[str, Path(pattern=ID_PATTERN, description="User id.")]
+Name = Annotated[SafeText, Field(min_length=1, max_length=100)]
+RoleName = Literal["admin", "member", "viewer"]
+
+
+class WorkspaceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Name
+
+
+class WorkspaceOut(BaseModel):
+    id: str
+    name: str
+    personal: bool
+    role: str
+    daily_token_quota: int | None
+    monthly_token_quota: int | None
+    created_at: datetime
+
+
+class MemberIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    username: Username
+    role: RoleName
+
+
+class MemberOut(BaseModel):
+    user_id: str
+    username: str
+    display_name: str
+    role: str
+
+
+def _out(workspace: Workspace, role: str) -> WorkspaceOut:
+    return WorkspaceOut(
+        id=workspace.id,
+        name=workspace.name,
+        personal=workspace.personal,
+        role=role,
+        daily_token_quota=workspace.daily_token_quota,
+        monthly_token_quota=workspace.monthly_token_quota,
+        created_at=workspace.created_at,
+    )
+
+
+@router.get("", response_model=list[WorkspaceOut])
+async def list_workspaces(principal: CurrentPrincipal, services: ServicesDep) -> list[WorkspaceOut]:
+    return [_out(w, r) for w, r in await services.workspaces.list_for(principal.user_id)]
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=WorkspaceOut)
+async def create_workspace(
+    body: WorkspaceIn, principal: CurrentPrincipal, services: ServicesDep
+) -> WorkspaceOut:
+    """A shared workspace; its creator is its first admin."""
+    return _out(await services.workspaces.create(principal, body.name), "admin")
+
+
+@router.get("/{workspace_id}", response_model=WorkspaceOut)
+async def get_workspace(
+    workspace_id: WorkspaceId, principal: CurrentPrincipal, services: ServicesDep
+) -> WorkspaceOut:
+    workspace, role = await services.workspaces.get(principal, workspace_id)
+    return _out(workspace, role)
+
+
+@router.patch("/{workspace_id}", response_model=WorkspaceOut)
+async def rename_workspace(
+    workspace_id: WorkspaceId, body: WorkspaceIn, principal: CurrentPrincipal, services: ServicesDep
+) -> WorkspaceOut:
+    return _out(await services.workspaces.rename(principal, workspace_id, body.name), "admin")
+
+
+@router.delete("/{workspace_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_workspace(
+    workspace_id: WorkspaceId, principal: CurrentPrincipal, services: ServicesDep
+) -> Response:
+    """Delete a shared workspace and everything in it (admins only)."""
+    await services.workspaces.delete(principal, workspace_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/{workspace_id}/members", response_model=list[MemberOut])
+async def list_members(
+    workspace_id: WorkspaceId, principal: CurrentPrincipal, services: ServicesDep
+) -> list[MemberOut]:
+    return [
+        MemberOut(user_id=u.id, username=u.username, display_name=u.display_name, role=m.role)
+        for u, m in await services.workspaces.members(principal, workspace_id)
+    ]
+
+
+@router.put("/{workspace_id}/members", response_model=MemberOut)
+async def set_member(
+    workspace_id: WorkspaceId, body: MemberIn, principal: CurrentPrincipal, services: ServicesDep
+) -> MemberOut:
+    """Add a user by username, or change their role (admins only)."""
+    member = await services.workspaces.set_member(principal, workspace_id, body.username, body.role)
+    user = await services.auth.get_user(member.user_id)
+    return MemberOut(
+        user_id=user.id, username=user.username, display_name=user.display_name, role=member.role
+    )
+
+
+@router.delete("/{workspace_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def remove_member(
+    workspace_id: WorkspaceId, user_id: UserId, principal: CurrentPrincipal, services: ServicesDep
+) -> Response:
+    """Remove a member (admins), or leave (anyone, for themselves)."""
+    await services.workspaces.remove_member(principal, workspace_id, user_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,1 @@
+"""Accounts, tokens, API keys, workspaces, rate limits, quotas and the audit log."""

@@ -1,0 +1,556 @@
+"""Conversations: stored turns, branches (edits, regenerations) and live generations.
+
+A turn stores the user message and an assistant placeholder, then generates in a
+background task that owns persistence: whatever happens to the client (gone,
+cancelled, slow), the assistant message ends up stored with what was generated
+and an honest status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from concilium import errors
+from concilium.auth.quotas import Account
+from concilium.auth.workspaces import Workspaces
+from concilium.config import Settings
+from concilium.errors import ConciliumError, Forbidden, InvalidRequest, NotFound
+from concilium.events import (
+    BackendSelected,
+    Done,
+    ErrorEvent,
+    Event,
+    MessageStarted,
+    Sources,
+    Token,
+    Usage,
+)
+from concilium.llm.base import ChatMessage, GenerationParams
+from concilium.observability.metrics import Metrics
+from concilium.orchestrator.engine import (
+    RAG_PREFIX,
+    AnswerRequest,
+    Orchestrator,
+    PreparedAnswer,
+)
+from concilium.store import conversations as repo
+from concilium.store.db import Database
+from concilium.store.models import (
+    DEFAULT_TITLE,
+    Conversation,
+    Membership,
+    Message,
+    MessageStatus,
+    Role,
+)
+
+__all__ = ["ChatService", "Generation", "TurnOptions", "error_for"]
+
+log = structlog.get_logger(__name__)
+_TITLE_CHARS = 80
+
+
+@dataclass(frozen=True, slots=True)
+class TurnOptions:
+    model: str | None = None
+    params: GenerationParams = field(default_factory=GenerationParams)
+    mode: str = "auto"
+    use_cache: bool | None = None
+    #: Ground the answer in these knowledge collections (mode "rag").
+    collections: tuple[str, ...] = ()
+    retrieval: dict[str, Any] | None = None
+
+
+class Generation:
+    """An assistant answer in progress. One subscriber reads its events."""
+
+    def __init__(self, conversation_id: str, message_id: str) -> None:
+        self.conversation_id = conversation_id
+        self.message_id = message_id
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+        self.stop_reason: str | None = None  # "cancelled" by the user, "shutdown" by the server
+        self.error: ErrorEvent | None = None
+        self.started = False  # the task's body has begun (it can now be cancelled safely)
+        self.saving = False  # past the point where stopping changes anything
+        #: Stored, and the final event sent: the conversation may take its next turn.
+        self.finished = False
+
+    def push(self, event: Event | None) -> None:
+        self._queue.put_nowait(event)
+
+    def cancel(self, reason: str = "cancelled") -> bool:
+        """Stop the answer. Idempotent: a second request does not interrupt the clean-up."""
+        if self.task is None or self.finished or self.saving or self.stop_reason is not None:
+            return False
+        self.stop_reason = reason
+        if self.started:
+            self.task.cancel()
+        # else: a task cancelled before its first step would skip its clean-up entirely;
+        # it sees stop_reason when it starts and stops at once.
+        return True
+
+    async def events(self) -> AsyncGenerator[Event, None]:
+        """The answer's events. Leaving early (client gone) cancels the generation."""
+        finished = False
+        try:
+            while (event := await self._queue.get()) is not None:
+                yield event
+            finished = True
+        finally:
+            if not finished:
+                self.cancel()
+
+    async def wait(self) -> None:
+        """Until the answer is stored. Never raises, even if the task was cancelled."""
+        if self.task is not None:
+            await asyncio.wait({self.task})
+
+
+class ChatService:
+    """Every method takes ``owner``: the caller's account, or None for the local operator
+    (the CLI), who sees only conversations that have no owner. A conversation that is not
+    the caller's does not exist for them (404)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        orchestrator: Orchestrator,
+        metrics: Metrics,
+        workspaces: Workspaces,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.orchestrator = orchestrator
+        self.metrics = metrics
+        self.workspaces = workspaces
+        self._live: dict[str, Generation] = {}
+
+    # -- access ---------------------------------------------------------------------------
+
+    async def _owned(
+        self,
+        s: AsyncSession,
+        owner: Account | None,
+        conversation_id: str,
+        *,
+        write: bool = False,
+        lock: bool = False,
+    ) -> Conversation:
+        load = repo.lock_conversation if lock else repo.get_conversation
+        conversation = await load(s, conversation_id)
+        if conversation.owner_id != (owner.user_id if owner else None):
+            raise NotFound(f"conversation {conversation_id} not found")
+        if owner is not None and conversation.workspace_id is not None:
+            member = await s.get(Membership, (conversation.workspace_id, owner.user_id))
+            if member is None:  # no longer in the workspace: it is out of reach
+                raise NotFound(f"conversation {conversation_id} not found")
+            if write and not Role.at_least(member.role, Role.MEMBER):
+                raise Forbidden("viewers of a workspace cannot write in it")
+        return conversation
+
+    # -- conversations ------------------------------------------------------------------
+
+    async def create(
+        self,
+        owner: Account | None,
+        *,
+        title: str | None = None,
+        model: str | None = None,
+        system_prompt: str | None = None,
+        workspace_id: str | None = None,
+    ) -> Conversation:
+        if model is not None:
+            self._check_model(model)  # unknown model → 404 now, not at first turn
+        workspace = None
+        if owner is not None:
+            workspace = workspace_id or owner.workspace_id
+            role = await self.workspaces.role_of(owner.user_id, workspace)
+            if role is None:
+                raise NotFound(f"workspace {workspace} not found")
+            if not Role.at_least(role, Role.MEMBER):
+                raise Forbidden("viewers of a workspace cannot start conversations in it")
+        async with self.db.session() as s:
+            return await repo.create_conversation(
+                s,
+                title=title,
+                model=model,
+                system_prompt=system_prompt,
+                owner_id=owner.user_id if owner else None,
+                workspace_id=workspace,
+            )
+
+    async def list_conversations(
+        self, owner: Account | None, *, limit: int, offset: int, workspace_id: str | None = None
+    ) -> tuple[Sequence[Conversation], int]:
+        async with self.db.reader() as s:
+            return await repo.list_conversations(
+                s,
+                limit=limit,
+                offset=offset,
+                owner_id=owner.user_id if owner else None,
+                workspace_id=workspace_id,
+            )
+
+    async def get(
+        self, owner: Account | None, conversation_id: str
+    ) -> tuple[Conversation, Sequence[Message]]:
+        async with self.db.reader() as s:
+            conversation = await self._owned(s, owner, conversation_id)
+            return conversation, await repo.list_messages(s, conversation_id)
+
+    async def update(
+        self,
+        owner: Account | None,
+        conversation_id: str,
+        *,
+        title: str | None = None,
+        model: str | None = None,
+        system_prompt: str | None = None,
+        active_leaf_id: str | None = None,
+    ) -> Conversation:
+        if model is not None:
+            self._check_model(model)
+        async with self.db.session() as s:
+            conversation = await self._owned(s, owner, conversation_id, write=True)
+            if title is not None:
+                conversation.title = title
+            if model is not None:
+                conversation.model = model
+            if system_prompt is not None:
+                conversation.system_prompt = system_prompt
+            if active_leaf_id is not None:
+                await repo.get_message(s, conversation_id, active_leaf_id)
+                conversation.active_leaf_id = active_leaf_id
+            return conversation
+
+    async def delete(self, owner: Account | None, conversation_id: str) -> None:
+        async with self.db.reader() as s:
+            await self._owned(s, owner, conversation_id, write=True)
+        for generation in list(self._live.values()):
+            if generation.conversation_id == conversation_id:
+                generation.cancel()
+                await generation.wait()
+        async with self.db.session() as s:
+            await repo.delete_conversation(s, conversation_id)
+
+    # -- turns --------------------------------------------------------------------------
+
+    async def post(
+        self,
+        owner: Account | None,
+        conversation_id: str,
+        content: str,
+        *,
+        parent_id: str | None = None,
+        options: TurnOptions = TurnOptions(),
+    ) -> Generation:
+        """Add a user message (below ``parent_id`` or the active leaf) and answer it."""
+        self.check_content(content)
+        async with self.db.session() as s:
+            conversation = await self._owned(s, owner, conversation_id, write=True, lock=True)
+            messages = await repo.list_messages(s, conversation_id)
+            parent = parent_id if parent_id is not None else conversation.active_leaf_id
+            if parent is not None and parent not in {m.id for m in messages}:
+                raise NotFound(f"message {parent} not found")
+            if not messages and conversation.title == DEFAULT_TITLE:
+                conversation.title = self._title_from(content)
+            history = repo.branch_path(messages, parent)
+            user = await repo.add_message(
+                s, conversation, role="user", content=content, parent_id=parent
+            )
+            pending = await self._prepare(s, owner, conversation, history, user, options)
+        return self._launch(*pending)
+
+    async def edit(
+        self,
+        owner: Account | None,
+        conversation_id: str,
+        message_id: str,
+        content: str,
+        *,
+        options: TurnOptions = TurnOptions(),
+    ) -> Generation:
+        """A new version of a user message, as a sibling branch, answered anew."""
+        self.check_content(content)
+        async with self.db.session() as s:
+            conversation = await self._owned(s, owner, conversation_id, write=True, lock=True)
+            original = await repo.get_message(s, conversation_id, message_id)
+            if original.role != "user":
+                raise InvalidRequest("only user messages can be edited; regenerate answers instead")
+            messages = await repo.list_messages(s, conversation_id)
+            history = repo.branch_path(messages, original.parent_id)
+            user = await repo.add_message(
+                s, conversation, role="user", content=content, parent_id=original.parent_id
+            )
+            pending = await self._prepare(s, owner, conversation, history, user, options)
+        return self._launch(*pending)
+
+    async def regenerate(
+        self,
+        owner: Account | None,
+        conversation_id: str,
+        message_id: str,
+        *,
+        options: TurnOptions = TurnOptions(),
+    ) -> Generation:
+        """Another answer to the same question: a sibling of an answer, or a child of a question."""
+        async with self.db.session() as s:
+            conversation = await self._owned(s, owner, conversation_id, write=True, lock=True)
+            target = await repo.get_message(s, conversation_id, message_id)
+            if target.role == "assistant":
+                if target.parent_id is None:
+                    raise InvalidRequest("this answer has no question to regenerate from")
+                user = await repo.get_message(s, conversation_id, target.parent_id)
+            elif target.role == "user":
+                user = target
+            else:
+                raise InvalidRequest(f"cannot regenerate a {target.role} message")
+            messages = await repo.list_messages(s, conversation_id)
+            history = repo.branch_path(messages, user.parent_id)
+            pending = await self._prepare(s, owner, conversation, history, user, options)
+        return self._launch(*pending)
+
+    async def cancel(self, owner: Account | None, conversation_id: str, message_id: str) -> bool:
+        """True when the answer is live and now stopping (also when it already was)."""
+        async with self.db.reader() as s:
+            await self._owned(s, owner, conversation_id, write=True)
+        generation = self._live.get(message_id)
+        if generation is None or generation.conversation_id != conversation_id:
+            return False
+        generation.cancel("cancelled")
+        return True
+
+    async def message(
+        self, owner: Account | None, conversation_id: str, message_id: str
+    ) -> Message:
+        async with self.db.reader() as s:
+            await self._owned(s, owner, conversation_id)
+            return await repo.get_message(s, conversation_id, message_id)
+
+    async def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop every generation; each stores what it produced, marked incomplete."""
+        live = list(self._live.values())
+        for generation in live:
+            generation.cancel("shutdown")
+        tasks = [g.task for g in live if g.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+    async def recover(self) -> int:
+        async with self.db.session() as s:
+            return await repo.recover_interrupted(s)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def check_content(self, content: str) -> None:
+        """Raise InvalidRequest for content no turn may carry (blank, too long)."""
+        if not content.strip():
+            raise InvalidRequest("content must not be empty")
+        if len(content) > self.settings.chat.max_message_chars:
+            raise InvalidRequest(
+                f"content is longer than {self.settings.chat.max_message_chars} characters"
+            )
+
+    @staticmethod
+    def _title_from(content: str) -> str:
+        line = " ".join(content.split())
+        return line if len(line) <= _TITLE_CHARS else line[: _TITLE_CHARS - 1].rstrip() + "…"
+
+    def _check_model(self, model: str) -> None:
+        if model.startswith(RAG_PREFIX):  # rag:<collection>[@model]: the model part
+            model = model.partition("@")[2].strip() or "default"
+        self.orchestrator.router.resolve(model)
+
+    def _prompt(
+        self, conversation: Conversation, history: Sequence[Message], user: Message
+    ) -> list[ChatMessage]:
+        system = conversation.system_prompt
+        if system is None:
+            system = self.settings.chat.system_prompt
+        prompt = [ChatMessage("system", system)] if system else []
+        for m in history:
+            if m.role in ("user", "assistant") and m.content:
+                prompt.append(ChatMessage(m.role, m.content))  # type: ignore[arg-type]
+        prompt.append(ChatMessage("user", user.content))
+        return prompt
+
+    async def _prepare(
+        self,
+        s: AsyncSession,
+        owner: Account | None,
+        conversation: Conversation,
+        history: Sequence[Message],
+        user: Message,
+        options: TurnOptions,
+    ) -> tuple[Generation, PreparedAnswer]:
+        model = options.model or conversation.model or "default"
+        account = None
+        if owner is not None:  # tokens count against the conversation's workspace
+            account = Account(owner.user_id, conversation.workspace_id or owner.workspace_id)
+        request = AnswerRequest(
+            messages=self._prompt(conversation, history, user),
+            model=model,
+            params=options.params,
+            mode=options.mode,
+            use_cache=options.use_cache,
+            account=account,
+            collections=options.collections,
+            retrieval=options.retrieval,
+        )
+        prepared = await self.orchestrator.prepare(request)  # 4xx here rolls the turn back
+        assistant = await repo.add_message(
+            s,
+            conversation,
+            role="assistant",
+            content="",
+            parent_id=user.id,
+            status=MessageStatus.GENERATING,
+            model=model,
+            params=_params_record(options.params),
+        )
+        generation = Generation(conversation.id, assistant.id)
+        generation.push(MessageStarted(conversation.id, user.id, assistant.id, user.parent_id))
+        return generation, prepared
+
+    def _launch(self, generation: Generation, prepared: PreparedAnswer) -> Generation:
+        """Start generating; called once the turn's rows are committed."""
+        self._live[generation.message_id] = generation
+        generation.task = asyncio.get_running_loop().create_task(
+            self._run(generation, prepared), name=f"generation-{generation.message_id}"
+        )
+        return generation
+
+    async def _run(self, generation: Generation, prepared: PreparedAnswer) -> None:
+        record = _AnswerRecord()
+        # The final event is held back until the answer is stored: a client that sends
+        # its next message on "done" must find this answer in the history.
+        final: Done | ErrorEvent | None = None
+        self.metrics.generations_in_flight.inc()
+        generation.started = True
+        try:
+            if generation.stop_reason is not None:
+                raise asyncio.CancelledError  # stopped before it began
+            async for event in self.orchestrator.stream(prepared):
+                record.observe(event)
+                if isinstance(event, Done | ErrorEvent):
+                    final = event
+                else:
+                    generation.push(event)
+        except asyncio.CancelledError:
+            final = Done("cancelled")
+        finally:
+            self.metrics.generations_in_flight.dec()
+            generation.saving = True
+            fields = record.fields(final, generation.stop_reason)
+            save = asyncio.ensure_future(self._save(generation.message_id, fields))
+            try:
+                await asyncio.shield(save)
+            except asyncio.CancelledError:
+                await asyncio.wait({save})  # the event loop is going down: store first
+                raise
+            except Exception:
+                log.exception("generation_not_saved", message_id=generation.message_id)
+                final = ErrorEvent("storage_error", "the answer could not be stored")
+            finally:
+                self._live.pop(generation.message_id, None)
+                generation.error = record.error
+                generation.finished = True
+                if final is not None:
+                    generation.push(final)
+                generation.push(None)
+
+    async def _save(self, message_id: str, fields: dict[str, Any]) -> None:
+        async with self.db.session() as s:
+            await repo.update_message(s, message_id, **fields)
+
+
+class _AnswerRecord:
+    """What a generation produced, turned into the stored message's fields."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.ttft: float | None = None
+        self.parts: list[str] = []
+        self.usage: Usage | None = None
+        self.selected: BackendSelected | None = None
+        self.error: ErrorEvent | None = None
+        self.sources: list[dict[str, Any]] | None = None
+        self.cited: list[int] = []
+
+    def observe(self, event: Event) -> None:
+        if isinstance(event, Token):
+            if self.ttft is None:
+                self.ttft = time.perf_counter() - self.started
+            self.parts.append(event.text)
+        elif isinstance(event, Usage):
+            self.usage = event
+        elif isinstance(event, BackendSelected):
+            self.selected = event
+        elif isinstance(event, ErrorEvent):
+            self.error = event
+        elif isinstance(event, Sources):
+            self.sources = [dict(source) for source in event.sources]
+        elif isinstance(event, Done):
+            self.cited = list(event.extra.get("cited", []))
+
+    def fields(self, final: Done | ErrorEvent | None, stop_reason: str | None) -> dict[str, Any]:
+        content = "".join(self.parts)
+        if isinstance(final, Done) and final.finish_reason == "cancelled":
+            cancelled_by_user = stop_reason == "cancelled"
+            status = MessageStatus.CANCELLED if cancelled_by_user else MessageStatus.INCOMPLETE
+            finish: str | None = "cancelled"
+        elif isinstance(final, Done) and self.error is None:
+            status, finish = MessageStatus.COMPLETE, final.finish_reason
+        else:
+            status = MessageStatus.INCOMPLETE if content else MessageStatus.ERROR
+            finish = "error"
+        fields: dict[str, Any] = {
+            "content": content,
+            "status": status,
+            "finish_reason": finish,
+            "latency_ms": int((time.perf_counter() - self.started) * 1000),
+            "ttft_ms": None if self.ttft is None else int(self.ttft * 1000),
+            "error": self.error.message if self.error else None,
+        }
+        if self.selected is not None:
+            fields["backend"] = self.selected.backend
+            fields["model"] = self.selected.backend_model
+        if self.usage is not None:
+            fields["prompt_tokens"] = self.usage.prompt_tokens
+            fields["completion_tokens"] = self.usage.completion_tokens
+        if self.sources is not None:
+            fields["sources"] = [
+                {**source, "cited": source.get("n") in self.cited} for source in self.sources
+            ]
+        return fields
+
+
+def _params_record(params: GenerationParams) -> dict[str, Any]:
+    return {k: v for k, v in asdict(params).items() if v not in (None, (), [])}
+
+
+_ERRORS_BY_CODE: dict[str, type[ConciliumError]] = {
+    cls.code: cls
+    for cls in (
+        errors.BackendTimeout,
+        errors.BackendUnavailable,
+        errors.ModelNotInstalled,
+        errors.BackendError,
+        errors.InvalidRequest,
+        errors.NotFound,
+    )
+}
+
+
+def error_for(event: ErrorEvent) -> ConciliumError:
+    """The exception matching an error event, to answer a non-streamed request."""
+    return _ERRORS_BY_CODE.get(event.code, ConciliumError)(event.message)

@@ -1,0 +1,450 @@
+"""The one settings object: environment (``CONCILIUM_*``), an optional TOML file, defaults.
+
+Every other module receives a :class:`Settings` instance; nothing else reads the
+environment. Loading settings has no side effect beyond reading files that the
+settings themselves name (a config file, an API-key file).
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+__all__ = [
+    "AuthSettings",
+    "BackendSettings",
+    "CacheSettings",
+    "ChatSettings",
+    "DatabaseSettings",
+    "KnowledgeSettings",
+    "LimitSettings",
+    "ModelAlias",
+    "RouterSettings",
+    "ServerSettings",
+    "Settings",
+    "load_settings",
+]
+
+_PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "secret", "password", "xxx", "todo"})
+_config_file: ContextVar[Path | None] = ContextVar("concilium_config_file", default=None)
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "concilium"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(_Section):
+    """HTTP server."""
+
+    host: str = Field("127.0.0.1", description="Interface to bind.")
+    port: int = Field(8321, ge=1, le=65535, description="TCP port.")
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest accepted request body (HTTP and WebSocket)."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed by CORS; empty disables CORS."
+    )
+    graceful_shutdown_seconds: float = Field(
+        10.0, ge=0, description="Time given to in-flight requests on shutdown."
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Proxy addresses or networks whose X-Forwarded-For/-Proto are believed.",
+    )
+    public_metrics: bool = Field(
+        False, description="Serve /metrics without authentication (for a private scraper)."
+    )
+
+
+class DatabaseSettings(_Section):
+    """Persistence."""
+
+    url: str | None = Field(
+        None,
+        repr=False,
+        description=(
+            "SQLAlchemy URL. Default: SQLite (WAL) at <data_dir>/concilium.db. "
+            "PostgreSQL: postgresql://user@host/db (the asyncpg driver is used)."
+        ),
+    )
+
+    @field_serializer("url")
+    def _hide_password(self, url: str | None) -> str | None:
+        if url is None:
+            return None
+        try:
+            return make_url(url).render_as_string(hide_password=True)
+        except ArgumentError:
+            return "**********"
+
+    auto_migrate: bool = Field(True, description="Apply Alembic migrations at start-up.")
+    echo: bool = Field(False, description="Log every SQL statement.")
+    pool_size: int = Field(10, ge=1, description="Connection pool size (PostgreSQL).")
+
+
+class BackendSettings(_Section):
+    """One LLM backend: an in-process engine or a server."""
+
+    type: str = Field(description="Registered backend type: embedded, openai, ollama or a plugin.")
+    base_url: str | None = Field(None, description="Server URL (openai, ollama).")
+    api_key: SecretStr | None = Field(None, description="API key; prefer api_key_env/api_key_file.")
+    api_key_env: str | None = Field(
+        None, description="Name of the environment variable holding the API key."
+    )
+    api_key_file: Path | None = Field(None, description="File whose content is the API key.")
+    models: list[str] = Field(
+        default_factory=list, description="Models this backend serves (listed in /v1/models)."
+    )
+    context_length: int | None = Field(
+        None, ge=256, description="Context window of this backend's models, when not discoverable."
+    )
+    timeout: float | None = Field(
+        None, gt=0, description="Per-attempt total timeout; overrides router."
+    )
+    first_token_timeout: float | None = Field(
+        None, gt=0, description="Time allowed to the first token; overrides router."
+    )
+    idle_timeout: float | None = Field(
+        None, gt=0, description="Longest silence between two chunks; overrides router."
+    )
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict, description="Extra HTTP headers (masked like keys: they often are)."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Backend-specific options (see docs/backends.md)."
+    )
+
+    @model_validator(mode="after")
+    def _resolve_api_key(self) -> BackendSettings:
+        if self.api_key is None and self.api_key_env:
+            value = os.environ.get(self.api_key_env)
+            if value:
+                self.api_key = SecretStr(value.strip())
+        if self.api_key is None and self.api_key_file:
+            try:
+                self.api_key = SecretStr(self.api_key_file.read_text().strip())
+            except OSError as exc:
+                raise ValueError(f"cannot read api_key_file {self.api_key_file}: {exc}") from exc
+        key = self.api_key
+        if key is not None and key.get_secret_value().lower() in _PLACEHOLDER_SECRETS:
+            raise ValueError("api_key is a placeholder value; set the real key")
+        return self
+
+
+class ModelAlias(_Section):
+    """A public model name and the chain of backend targets that serve it."""
+
+    targets: Annotated[list[str], Field(min_length=1)] = Field(
+        description='Fallback chain, first preferred: ["backend/model", ...] or other aliases.'
+    )
+    description: str = Field("", description="Shown in /v1/models and the CLI.")
+
+    @field_validator("targets")
+    @classmethod
+    def _no_blank_targets(cls, value: list[str]) -> list[str]:
+        if any(not t.strip() for t in value):
+            raise ValueError("targets must not be blank")
+        return value
+
+
+class RouterSettings(_Section):
+    """Retries, timeouts, circuit breaker."""
+
+    request_timeout: float = Field(
+        300.0, gt=0, description="Total time for one attempt, in seconds."
+    )
+    first_token_timeout: float = Field(
+        120.0, gt=0, description="Time allowed before the first token of an attempt."
+    )
+    idle_timeout: float = Field(30.0, gt=0, description="Longest silence between two chunks.")
+    retries: int = Field(2, ge=0, le=10, description="Retries per backend on retryable errors.")
+    backoff_initial: float = Field(0.5, ge=0, description="First backoff delay, in seconds.")
+    backoff_max: float = Field(8.0, ge=0, description="Largest backoff delay, in seconds.")
+    breaker_failure_threshold: int = Field(
+        5, ge=1, description="Consecutive failures that open a backend's circuit."
+    )
+    breaker_reset_seconds: float = Field(
+        30.0, gt=0, description="Time an open circuit waits before a half-open trial."
+    )
+
+
+class CacheSettings(_Section):
+    """Exact response cache (memory LRU in front of a table)."""
+
+    enabled: bool = Field(True, description="Cache deterministic responses.")
+    max_entries: int = Field(2048, ge=0, description="Entries kept in the in-memory LRU.")
+    ttl_seconds: int = Field(7 * 86400, ge=0, description="Age after which an entry is ignored.")
+    cache_sampled: bool = Field(
+        False, description="Also cache answers generated with temperature > 0."
+    )
+
+
+class ChatSettings(_Section):
+    """Defaults applied to answers."""
+
+    default_model: str = Field(
+        "qwen2.5-coder-1.5b", description="Model used when a request names none (alias 'default')."
+    )
+    system_prompt: str = Field(
+        "You are Concilium, a helpful assistant. Answer in the language of the user.",
+        description="System prompt of new conversations.",
+    )
+    temperature: float = Field(0.7, ge=0, le=2, description="Temperature when a request sets none.")
+    max_tokens: int = Field(1024, ge=1, description="Answer length limit when a request sets none.")
+    max_message_chars: int = Field(
+        200_000, ge=1, description="Longest accepted message content, in characters."
+    )
+
+
+class AuthSettings(_Section):
+    """Accounts, tokens, passwords."""
+
+    access_token_minutes: int = Field(15, ge=1, le=60, description="Lifetime of access tokens.")
+    refresh_token_days: int = Field(30, ge=1, le=365, description="Lifetime of a login session.")
+    jwt_secret: SecretStr | None = Field(
+        None,
+        description="HS256 signing secret (≥ 32 bytes). Default: keys generated in "
+        "<data_dir>/secrets/jwt-keys.json, rotated with `concilium auth rotate-key`.",
+    )
+    password_min_length: int = Field(12, ge=8, le=128, description="Shortest accepted password.")
+    argon2_time_cost: int = Field(3, ge=1, description="argon2id passes (~50 ms with defaults).")
+    argon2_memory_kib: int = Field(32768, ge=8192, description="argon2id memory, KiB.")
+    argon2_parallelism: int = Field(1, ge=1, description="argon2id lanes.")
+    cookie_secure: bool = Field(True, description="Mark session cookies Secure (HTTPS only).")
+    setup_token_minutes: int = Field(
+        1440, ge=1, description="Validity of the one-time setup token printed at first start."
+    )
+    login_max_failures: int = Field(
+        10, ge=1, description="Consecutive failed logins that lock an account."
+    )
+    login_lockout_minutes: int = Field(15, ge=1, description="How long a locked account waits.")
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _strong_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < 32:
+            raise ValueError("jwt_secret must be at least 32 bytes")
+        return value
+
+
+class LimitSettings(_Section):
+    """Request rate limits and token quotas (0 or empty: no limit)."""
+
+    storage_url: str = Field(
+        "memory://", description="Where counters live: memory:// or redis://host:port/db."
+    )
+    ip_per_minute: int = Field(100, ge=0, description="Requests per minute per client address.")
+    user_per_minute: int = Field(100, ge=0, description="Requests per minute per user session.")
+    key_per_minute: int = Field(100, ge=0, description="Requests per minute per API key.")
+    login_per_minute: int = Field(
+        10, ge=0, description="Login, setup and refresh attempts per minute per address."
+    )
+    daily_tokens_per_user: int | None = Field(
+        None, ge=0, description="Default daily token quota of a user (prompt + completion)."
+    )
+    monthly_tokens_per_user: int | None = Field(
+        None, ge=0, description="Default monthly token quota of a user."
+    )
+    daily_tokens_per_workspace: int | None = Field(
+        None, ge=0, description="Default daily token quota of a workspace."
+    )
+    monthly_tokens_per_workspace: int | None = Field(
+        None, ge=0, description="Default monthly token quota of a workspace."
+    )
+
+
+class RemoteEmbedderSettings(_Section):
+    """An embedder served by an OpenAI-compatible backend (``/v1/embeddings``)."""
+
+    backend: str = Field(description="Name of a configured backend with a base_url.")
+    model: str = Field(description="Model name sent to the server.")
+    dim: int = Field(ge=1, le=16384, description="Vector dimension the model returns.")
+    query_prefix: str = Field("", description='Prepended to queries (e.g. "query: ").')
+    passage_prefix: str = Field("", description='Prepended to passages (e.g. "passage: ").')
+
+
+class RerankerSettings(_Section):
+    """A reranker: an LLM judging relevance, a local cross-encoder, or a rerank API."""
+
+    kind: Literal["llm", "cross-encoder", "remote"] = Field(description="What scores passages.")
+    model: str = Field(
+        "default",
+        description="llm: model id or alias that judges; remote: model name sent to the server.",
+    )
+    path: Path | None = Field(
+        None,
+        description="cross-encoder: a sentence-transformers directory, or a directory with "
+        "model.onnx and tokenizer.json.",
+    )
+    backend: str | None = Field(
+        None, description="remote: a configured backend whose server has /v1/rerank."
+    )
+    max_chars: int = Field(2000, ge=100, le=100_000, description="Passage text sent, at most.")
+
+
+class KnowledgeSettings(_Section):
+    """Knowledge bases: parsing, embedding, jobs."""
+
+    default_embedder: str = Field(
+        "use-m3",
+        description="Embedder of new collections (chosen by measurement: "
+        "multilingual, 104 passages/s; see docs/knowledge.md).",
+    )
+    embed_threads: int = Field(2, ge=1, description="CPU threads an embedder may use.")
+    embed_batch: int = Field(64, ge=1, le=4096, description="Chunks embedded per batch.")
+    max_file_bytes: int = Field(
+        50 * 1024 * 1024, ge=1024, description="Largest file accepted for ingestion."
+    )
+    max_upload_bytes: int = Field(
+        200 * 1024 * 1024,
+        ge=1024,
+        description="Largest upload request (several files) to a collection.",
+    )
+    parse_timeout_seconds: float = Field(
+        120.0, gt=0, description="Time a file may take to parse (OCR included)."
+    )
+    parse_workers: int = Field(2, ge=1, le=32, description="Files parsed at once (processes).")
+    embedders: dict[str, RemoteEmbedderSettings] = Field(
+        default_factory=dict, description="Remote embedders by name."
+    )
+    rerankers: dict[str, RerankerSettings] = Field(
+        default_factory=dict,
+        description='Rerankers by name, in addition to the built-in "llm" (the default model '
+        "judging each passage).",
+    )
+    rag_max_context_tokens: int = Field(
+        3000,
+        ge=100,
+        description="Most passage tokens put in a RAG prompt (the model's "
+        "context window also bounds it).",
+    )
+
+
+class LoggingSettings(_Section):
+    """Structured logs."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    format: Literal["json", "console"] = Field(
+        "json", description="json for machines, console for people."
+    )
+
+
+class Settings(BaseSettings):
+    """Effective configuration. Precedence: arguments > environment > TOML file > defaults."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CONCILIUM_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="Where the database, models and files live.",
+    )
+    models_dir: Path | None = Field(
+        None, description="Assembled GGUF models. Default: <data_dir>/models."
+    )
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    router: RouterSettings = Field(default_factory=RouterSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    chat: ChatSettings = Field(default_factory=ChatSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
+    backends: dict[str, BackendSettings] = Field(
+        default_factory=lambda: {"local": BackendSettings(type="embedded")},
+        description="Named backends. Default: one embedded llama.cpp backend called 'local'.",
+    )
+    models: dict[str, ModelAlias] = Field(
+        default_factory=dict, description="Model aliases with their fallback chains."
+    )
+
+    @field_validator("backends")
+    @classmethod
+    def _backend_names(cls, value: dict[str, BackendSettings]) -> dict[str, BackendSettings]:
+        for name in value:
+            if not name or "/" in name or ":" in name:
+                raise ValueError(f"backend name {name!r} must be non-empty without '/' or ':'")
+        return value
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return self.models_dir or self.data_dir / "models"
+
+    @property
+    def database_url(self) -> str:
+        url = self.database.url or f"sqlite+aiosqlite:///{self.data_dir / 'concilium.db'}"
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+asyncpg://" + url[len(prefix) :]
+        if url.startswith("sqlite:///"):
+            return "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
+        return url
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file.get()
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+
+class _Bootstrap(BaseSettings):
+    """Reads only where the config file is, before the real settings are built."""
+
+    model_config = SettingsConfigDict(env_prefix="CONCILIUM_", extra="ignore")
+    config_file: Path | None = None
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Build the settings: ``config_file`` (or ``CONCILIUM_CONFIG_FILE``), env, overrides.
+
+    Without an explicit file, ``./concilium.toml`` is used when it exists.
+    """
+    path = Path(config_file) if config_file else _Bootstrap().config_file
+    if path is None and Path("concilium.toml").is_file():
+        path = Path("concilium.toml")
+    if path is not None and not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    token = _config_file.set(path)
+    try:
+        return Settings(**overrides)
+    finally:
+        _config_file.reset(token)

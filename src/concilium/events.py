@@ -1,0 +1,118 @@
+"""The event stream: every answer, whatever its mode, is an async iterator of these.
+
+Transports (SSE, WebSocket, OpenAI chunks, the CLI) only serialise events; they
+never know which mode produced them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+__all__ = [
+    "BackendSelected",
+    "Done",
+    "ErrorEvent",
+    "Event",
+    "EventStream",
+    "MessageStarted",
+    "Sources",
+    "Token",
+    "Usage",
+    "event_to_dict",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """A piece of answer text."""
+
+    type: ClassVar[str] = "token"
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts of the answer."""
+
+    type: ClassVar[str] = "usage"
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSelected:
+    """The router sent the request to this backend (after ``skipped`` ones failed)."""
+
+    type: ClassVar[str] = "backend"
+    model: str
+    backend: str
+    backend_model: str
+    skipped: tuple[str, ...] = ()
+    cached: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MessageStarted:
+    """A conversation turn began: ids of the stored user and assistant messages."""
+
+    type: ClassVar[str] = "message"
+    conversation_id: str
+    user_message_id: str
+    assistant_message_id: str
+    parent_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Sources:
+    """The passages a grounded answer may cite: ``[n]`` in the text is ``sources[n-1]``.
+
+    Each source: n, document_id, version_id, version, collection_id, source, title,
+    location, page, page_end, char_start, char_end, heading_path, snippet, relevance.
+    An empty tuple: nothing relevant was found.
+    """
+
+    type: ClassVar[str] = "sources"
+    sources: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEvent:
+    """The answer failed; the stream ends after this event."""
+
+    type: ClassVar[str] = "error"
+    code: str
+    message: str
+    retryable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The answer ended. ``finish_reason``: stop, length, cancelled or error."""
+
+    type: ClassVar[str] = "done"
+    finish_reason: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Event = Token | Usage | BackendSelected | MessageStarted | Sources | ErrorEvent | Done
+EventStream = AsyncIterator[Event]
+
+
+def event_to_dict(event: Event) -> dict[str, Any]:
+    """JSON-ready form: ``{"type": ..., <fields>}``."""
+    if isinstance(event, Token):  # the hot path: one per generated token
+        return {"type": "token", "text": event.text}
+    data: dict[str, Any] = {"type": event.type}
+    for f in dataclasses.fields(event):
+        value = getattr(event, f.name)
+        data[f.name] = list(value) if isinstance(value, tuple) else value
+    if isinstance(event, Usage):
+        data["total_tokens"] = event.total_tokens
+    return data

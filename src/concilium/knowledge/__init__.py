@@ -1,0 +1,2 @@
+"""Knowledge bases: collections of versioned documents, parsed, chunked, embedded, indexed
+lexically and by vectors, searched with hybrid retrieval, and cited by RAG answers."""

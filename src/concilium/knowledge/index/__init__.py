@@ -1,0 +1,1 @@
+"""Search indexes, derived from the database and rebuilt or replayed from it."""

@@ -1,0 +1,219 @@
+"""Keeps each collection's indexes in step with the database by replaying ``index_ops``.
+
+An index directory holds the tantivy index, the usearch file and ``manifest.json`` with the
+last applied operation. Operations are idempotent (remove-then-add), so replaying after a
+crash between applying and recording is harmless; a ``reset`` rebuilds from the live chunks.
+Deleting the directory is always safe: the next catch-up rebuilds it all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import structlog
+from sqlalchemy import func, select
+
+from concilium.knowledge.chunking import indexed_text
+from concilium.knowledge.index.lexical import LexicalIndex
+from concilium.knowledge.index.vector import VectorIndex
+from concilium.knowledge.settings import CollectionSettings
+from concilium.store.db import Database
+from concilium.store.models import ChunkRecord, Collection, Embedding, IndexOp
+
+__all__ = ["CollectionIndex", "IndexManager"]
+
+log = structlog.get_logger(__name__)
+_BATCH = 2000
+
+
+@dataclass
+class CollectionIndex:
+    collection_id: str
+    embedder: str
+    lexical: LexicalIndex
+    vector: VectorIndex
+    applied: int
+
+
+class IndexManager:
+    def __init__(self, root: Path, db: Database, dims: Callable[[str], int]) -> None:
+        self.root = root
+        self.db = db
+        self._dims = dims
+        self._open: dict[str, CollectionIndex] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _lock(self, collection_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(collection_id, asyncio.Lock())
+
+    def _manifest(self, collection_id: str) -> Path:
+        return self.root / collection_id / "manifest.json"
+
+    def _load(self, collection: Collection) -> CollectionIndex:
+        dim = self._dims(collection.embedder)
+        precision = CollectionSettings.model_validate(collection.settings or {}).vector_precision
+        folder = self.root / collection.id
+        manifest = self._manifest(collection.id)
+        state = json.loads(manifest.read_text()) if manifest.exists() else {}
+        if (state.get("embedder"), state.get("dim"), state.get("precision")) != (
+            collection.embedder,
+            dim,
+            precision,
+        ):
+            shutil.rmtree(folder, ignore_errors=True)  # other vectors: rebuild from scratch
+            state = {}
+        return CollectionIndex(
+            collection_id=collection.id,
+            embedder=collection.embedder,
+            lexical=LexicalIndex(folder / "lexical"),
+            vector=VectorIndex(folder / "vectors.usearch", dim, precision),
+            applied=int(state.get("applied", 0)),
+        )
+
+    def _save_manifest(self, index: CollectionIndex) -> None:
+        index.vector.save()
+        manifest = self._manifest(index.collection_id)
+        tmp = manifest.with_name("manifest.json.tmp")
+        tmp.write_text(
+            json.dumps(
+                {
+                    "applied": index.applied,
+                    "embedder": index.embedder,
+                    "dim": index.vector.dim,
+                    "precision": index.vector.precision,
+                }
+            )
+        )
+        tmp.replace(manifest)
+
+    async def current(self, collection: Collection) -> CollectionIndex:
+        """The collection's index, caught up with every logged operation."""
+        async with self._lock(collection.id):
+            index = self._open.get(collection.id)
+            precision = CollectionSettings.model_validate(
+                collection.settings or {}
+            ).vector_precision
+            if (
+                index is None
+                or index.embedder != collection.embedder
+                or index.vector.precision != precision
+            ):
+                index = await asyncio.to_thread(self._load, collection)
+                self._open[collection.id] = index
+            await self._catch_up(collection, index)
+            return index
+
+    async def _catch_up(self, collection: Collection, index: CollectionIndex) -> None:
+        async with self.db.reader() as s:
+            last = await s.scalar(
+                select(func.max(IndexOp.seq)).where(IndexOp.collection_id == collection.id)
+            )
+        if not last or last <= index.applied:
+            return
+        while True:
+            async with self.db.reader() as s:
+                ops = (
+                    await s.scalars(
+                        select(IndexOp)
+                        .where(IndexOp.collection_id == collection.id, IndexOp.seq > index.applied)
+                        .order_by(IndexOp.seq)
+                        .limit(_BATCH)
+                    )
+                ).all()
+            if not ops:
+                break
+            resets = [op for op in ops if op.op == "reset"]
+            if resets:
+                # The rebuild reads the live chunks now: it reflects this whole batch (and
+                # perhaps later operations, which replay harmlessly).
+                await self._rebuild(collection, index)
+                index.applied = ops[-1].seq
+            else:
+                adds = [op.chunk_id for op in ops if op.op == "add" and op.chunk_id is not None]
+                removes = [
+                    op.chunk_id for op in ops if op.op == "remove" and op.chunk_id is not None
+                ]
+                await self._apply(collection, index, adds, removes)
+                index.applied = ops[-1].seq
+            await asyncio.to_thread(self._save_manifest, index)
+        log.info(
+            "index_caught_up",
+            collection_id=collection.id,
+            applied=index.applied,
+            chunks=index.vector.count,
+        )
+
+    async def _apply(
+        self, collection: Collection, index: CollectionIndex, adds: list[int], removes: list[int]
+    ) -> None:
+        rows: list[ChunkRecord] = []
+        vectors: dict[str, np.ndarray] = {}
+        if adds:
+            async with self.db.reader() as s:
+                rows = list(
+                    (
+                        await s.scalars(
+                            select(ChunkRecord).where(
+                                ChunkRecord.id.in_(adds), ChunkRecord.retired.is_(False)
+                            )
+                        )
+                    ).all()
+                )
+                hashes = list({r.content_hash for r in rows})
+                for start in range(0, len(hashes), 900):
+                    found = await s.execute(
+                        select(Embedding.content_hash, Embedding.vector).where(
+                            Embedding.embedder == collection.embedder,
+                            Embedding.content_hash.in_(hashes[start : start + 900]),
+                        )
+                    )
+                    for content_hash, blob in found.all():
+                        vectors[content_hash] = np.frombuffer(blob, dtype=np.float32)
+        # Retired chunks stay out even if their "add" is replayed.
+        gone = set(adds) - {r.id for r in rows}
+        lexical_adds = [(r.id, indexed_text(r.heading_path, r.text), r.language) for r in rows]
+        vector_adds = [(r.id, vectors[r.content_hash]) for r in rows if r.content_hash in vectors]
+        removed = [*removes, *gone]
+
+        def apply() -> None:
+            index.lexical.apply(lexical_adds, removed)
+            index.vector.apply(vector_adds, removed)
+
+        await asyncio.to_thread(apply)
+
+    async def _rebuild(self, collection: Collection, index: CollectionIndex) -> None:
+        def clear() -> None:
+            index.lexical.clear()
+            index.vector.clear()
+
+        await asyncio.to_thread(clear)
+        cursor = 0
+        while True:
+            async with self.db.reader() as s:
+                ids = (
+                    await s.scalars(
+                        select(ChunkRecord.id)
+                        .where(
+                            ChunkRecord.collection_id == collection.id,
+                            ChunkRecord.retired.is_(False),
+                            ChunkRecord.id > cursor,
+                        )
+                        .order_by(ChunkRecord.id)
+                        .limit(_BATCH)
+                    )
+                ).all()
+            if not ids:
+                return
+            await self._apply(collection, index, list(ids), [])
+            cursor = ids[-1]
+
+    async def drop(self, collection_id: str) -> None:
+        async with self._lock(collection_id):
+            self._open.pop(collection_id, None)
+            await asyncio.to_thread(shutil.rmtree, self.root / collection_id, True)

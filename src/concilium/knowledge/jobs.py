@@ -1,0 +1,523 @@
+"""Ingestion jobs: resumable, persisted in the database, run by an in-process worker.
+
+Every step commits what it finished together with the item's new status, so a crash
+(even ``kill -9``) loses nothing and duplicates nothing: on restart each item resumes
+from its last committed stage.
+
+- ``queued`` → parse (in a process pool, with a time limit) and chunk; one transaction
+  stores the document version, its chunks and the status ``chunked`` — or ``skipped``
+  (same content as the current version) or ``failed`` (with the reason).
+- ``chunked`` → missing embeddings are computed in batches (shared by identical texts).
+- once a version has every embedding, one transaction makes it the current version,
+  retires the previous one, logs the index operations and marks the item ``indexed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import multiprocessing
+import resource
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import structlog
+from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from concilium.config import Settings
+from concilium.knowledge.chunking import chunk_document, indexed_text
+from concilium.knowledge.embedders import EmbedderRegistry
+from concilium.knowledge.files import FileStore
+from concilium.knowledge.index.manager import IndexManager
+from concilium.knowledge.language import detect_language
+from concilium.knowledge.parsing import ParsedDocument, ParseError, parse_bytes
+from concilium.knowledge.settings import CollectionSettings
+from concilium.store.db import Database
+from concilium.store.models import (
+    ChunkRecord,
+    Collection,
+    Document,
+    DocumentVersion,
+    Embedding,
+    IndexOp,
+    IngestItem,
+    IngestJob,
+    utcnow,
+)
+
+__all__ = ["IngestRunner", "Progress", "content_hash"]
+
+log = structlog.get_logger(__name__)
+
+_PARSE_BATCH = 8
+_MEMORY_LIMIT = 4 * 1024**3  # a parser process may not grow past this (decompression bombs)
+
+
+def content_hash(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _init_parser_process() -> None:
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_AS, (_MEMORY_LIMIT, _MEMORY_LIMIT))
+    # Parser libraries warn on stderr about what they recover from; the item records
+    # what matters (the file's error), so only real errors get through.
+    logging.getLogger().setLevel(logging.ERROR)
+
+
+def _parse_file(path: str, name: str, max_bytes: int) -> ParsedDocument | ParseError:
+    """In a parser process: a document, or the error (returned: it pickles both ways)."""
+    try:
+        return parse_bytes(Path(path).read_bytes(), name, max_bytes=max_bytes)
+    except ParseError as exc:
+        return exc
+    except MemoryError:
+        return ParseError("too_large", "parsing this file needs too much memory")
+    except Exception as exc:  # a parser library's own bug: that file fails, not the job
+        return ParseError("corrupt", f"{type(exc).__name__}: {exc}")
+
+
+@dataclass
+class Progress:
+    queued: int = 0
+    chunked: int = 0
+    embedded: int = 0
+    indexed: int = 0
+    skipped: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+    @property
+    def total(self) -> int:
+        return (
+            self.queued
+            + self.chunked
+            + self.embedded
+            + self.indexed
+            + self.skipped
+            + self.failed
+            + self.cancelled
+        )
+
+
+class IngestRunner:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        embedders: EmbedderRegistry,
+        indexes: IndexManager,
+        files: FileStore,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.embedders = embedders
+        self.indexes = indexes
+        self.files = files
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="ingest")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._shutdown_pool()
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=self.settings.knowledge.parse_workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_parser_process,
+            )
+        return self._pool
+
+    def _shutdown_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.kill()  # a parser stuck on a hostile file does not get to finish
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _loop(self) -> None:
+        while True:
+            job_id = await self._next_job()
+            if job_id is None:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(5):
+                        await self._wake.wait()
+                continue
+            try:
+                await self.run_job(job_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("ingest_job_crashed", job_id=job_id)
+                await self._finish(job_id, "failed", f"{type(exc).__name__}: {exc}")
+
+    async def _next_job(self) -> str | None:
+        async with self.db.reader() as s:
+            return await s.scalar(
+                select(IngestJob.id)
+                .where(IngestJob.status.in_(("queued", "running")))
+                .order_by(IngestJob.created_at)
+                .limit(1)
+            )
+
+    # -- one job --------------------------------------------------------------------------
+
+    async def run_job(self, job_id: str) -> None:
+        async with self.db.session() as s:
+            job = await s.get(IngestJob, job_id)
+            if job is None or job.status not in ("queued", "running"):
+                return
+            job.status = "running"
+            job.started_at = job.started_at or utcnow()
+            collection = await s.get(Collection, job.collection_id)
+            kind = job.kind
+        if collection is None:
+            await self._finish(job_id, "failed", "collection deleted")
+            return
+        if kind == "reembed":
+            await self._reembed(job_id, collection)
+            return
+        # Parsing (processes) of the next files overlaps embedding (a thread) of the
+        # previous ones: on a small machine the embedder sets the pace, and it never waits.
+        batch = max(_PARSE_BATCH, self.settings.knowledge.parse_workers * 16)
+        parsing: asyncio.Task[None] | None = None
+        try:
+            while await self._status(job_id) == "running":
+                if parsing is None:
+                    queued = await self._items(job_id, "queued", batch)
+                    if queued:
+                        parsing = asyncio.create_task(self._parse_batch(collection, queued))
+                await self._embed_pending(job_id, collection)
+                await self._activate(job_id, collection)
+                if parsing is None:
+                    break  # nothing left to parse, and what was parsed is indexed
+                await parsing
+                parsing = None
+        finally:
+            if parsing is not None:
+                parsing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await parsing
+        await self.indexes.current(collection)  # searchable (and warm) when the job ends
+        if await self._status(job_id) == "running":
+            await self._finish(job_id, "completed", None)
+
+    async def _status(self, job_id: str) -> str | None:
+        async with self.db.reader() as s:
+            return await s.scalar(select(IngestJob.status).where(IngestJob.id == job_id))
+
+    async def _items(self, job_id: str, status: str, limit: int) -> list[IngestItem]:
+        async with self.db.reader() as s:
+            return list(
+                (
+                    await s.scalars(
+                        select(IngestItem)
+                        .where(IngestItem.job_id == job_id, IngestItem.status == status)
+                        .order_by(IngestItem.id)
+                        .limit(limit)
+                    )
+                ).all()
+            )
+
+    async def _finish(self, job_id: str, status: str, error: str | None) -> None:
+        async with self.db.session() as s:
+            job = await s.get(IngestJob, job_id)
+            if job is not None and job.status in ("queued", "running"):
+                job.status = status
+                job.error = error
+                job.finished_at = utcnow()
+        log.info("ingest_job_finished", job_id=job_id, status=status)
+
+    # -- parse and chunk ------------------------------------------------------------------
+
+    async def _parse_batch(self, collection: Collection, items: Sequence[IngestItem]) -> None:
+        limit = asyncio.Semaphore(self.settings.knowledge.parse_workers)
+
+        async def one(item: IngestItem) -> None:
+            async with limit:
+                result = await self._parse(item)
+            await self._store_parsed(collection, item, result)
+
+        await asyncio.gather(*(one(item) for item in items))
+
+    async def _parse(self, item: IngestItem) -> ParsedDocument | ParseError:
+        path = str(self.files.root / item.file_path)
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(
+            self._executor(), _parse_file, path, item.source, self.settings.knowledge.max_file_bytes
+        )
+        try:
+            async with asyncio.timeout(self.settings.knowledge.parse_timeout_seconds):
+                return await future
+        except TimeoutError:
+            self._shutdown_pool()
+            return ParseError(
+                "timeout",
+                f"parsing took longer than {self.settings.knowledge.parse_timeout_seconds:g}s",
+            )
+        except concurrent.futures.process.BrokenProcessPool:
+            self._shutdown_pool()  # the parser died (memory limit, native crash)
+            return ParseError("corrupt", "the parser process died on this file")
+
+    async def _store_parsed(
+        self, collection: Collection, item: IngestItem, result: ParsedDocument | ParseError
+    ) -> None:
+        settings = CollectionSettings.model_validate(collection.settings or {})
+        async with self.db.session() as s:
+            fresh = await s.get(IngestItem, item.id)
+            if fresh is None or fresh.status != "queued":
+                return  # cancelled meanwhile, or done by another worker
+            fresh.attempts += 1
+            if isinstance(result, ParseError):
+                fresh.status, fresh.reason, fresh.error = "failed", result.reason, result.message
+                return
+            document = await s.scalar(
+                select(Document).where(
+                    Document.collection_id == collection.id, Document.source == item.source
+                )
+            )
+            if document is not None and document.current_version_id:
+                current = await s.get(DocumentVersion, document.current_version_id)
+                if current is not None and current.content_hash == item.content_hash:
+                    fresh.status, fresh.document_id = "skipped", document.id
+                    fresh.version_id = current.id
+                    return
+            language = detect_language(result.text)
+            if document is None:
+                document = Document(
+                    collection_id=collection.id,
+                    source=item.source,
+                    title=(result.title or "")[:300],
+                    language=language,
+                    tags=item.tags,
+                )
+                s.add(document)
+                await s.flush()
+            number = (
+                await s.scalar(
+                    select(func.max(DocumentVersion.number)).where(
+                        DocumentVersion.document_id == document.id
+                    )
+                )
+                or 0
+            )
+            version = DocumentVersion(
+                document_id=document.id,
+                number=number + 1,
+                content_hash=item.content_hash,
+                file_path=item.file_path,
+                size=item.size,
+                format=result.kind,
+                title=(result.title or "")[:300],
+                language=language,
+                pages=result.pages,
+                ocr_pages=result.ocr_pages,
+                status="pending",
+            )
+            s.add(version)
+            await s.flush()
+            chunks = chunk_document(
+                result, target=settings.chunk_tokens, overlap=settings.chunk_overlap
+            )
+            s.add_all(
+                ChunkRecord(
+                    collection_id=collection.id,
+                    document_id=document.id,
+                    version_id=version.id,
+                    ordinal=c.ordinal,
+                    text=c.text,
+                    heading_path=list(c.heading_path),
+                    page=c.page,
+                    page_end=c.page_end,
+                    char_start=c.char_start,
+                    char_end=c.char_end,
+                    tokens=c.tokens,
+                    language=language,
+                    content_hash=content_hash(c.indexed_text),
+                )
+                for c in chunks
+            )
+            fresh.status, fresh.document_id, fresh.version_id = "chunked", document.id, version.id
+            fresh.chunks = len(chunks)
+
+    # -- embed ----------------------------------------------------------------------------
+
+    async def _embed_pending(self, job_id: str, collection: Collection) -> None:
+        embedder = self.embedders.get(collection.embedder)
+        batch = self.settings.knowledge.embed_batch
+        while True:
+            async with self.db.reader() as s:
+                rows = (
+                    await s.execute(
+                        select(ChunkRecord.content_hash, ChunkRecord.heading_path, ChunkRecord.text)
+                        .join(IngestItem, IngestItem.version_id == ChunkRecord.version_id)
+                        .where(
+                            IngestItem.job_id == job_id,
+                            IngestItem.status == "chunked",
+                            ~exists().where(
+                                and_(
+                                    Embedding.embedder == collection.embedder,
+                                    Embedding.content_hash == ChunkRecord.content_hash,
+                                )
+                            ),
+                        )
+                        .limit(batch * 4)
+                    )
+                ).all()
+            if not rows:
+                return
+            unique = list({r[0]: indexed_text(r[1], r[2]) for r in rows}.items())[:batch]
+            vectors = await asyncio.to_thread(embedder.embed, [t for _, t in unique], "passage")
+            await self.store_embeddings(collection.embedder, [h for h, _ in unique], vectors)
+
+    async def store_embeddings(
+        self, embedder: str, hashes: Sequence[str], vectors: np.ndarray
+    ) -> None:
+        dialect = postgresql if self.db.dialect == "postgresql" else sqlite
+        values = [
+            {
+                "embedder": embedder,
+                "content_hash": h,
+                "vector": np.asarray(v, dtype=np.float32).tobytes(),
+            }
+            for h, v in zip(hashes, vectors, strict=True)
+        ]
+        async with self.db.session() as s:
+            await s.execute(dialect.insert(Embedding).values(values).on_conflict_do_nothing())
+
+    # -- activate -------------------------------------------------------------------------
+
+    async def _activate(self, job_id: str, collection: Collection) -> None:
+        """Make every fully embedded version current, in one transaction each."""
+        async with self.db.reader() as s:
+            ready = (
+                await s.scalars(
+                    select(IngestItem).where(
+                        IngestItem.job_id == job_id,
+                        IngestItem.status == "chunked",
+                        ~exists().where(
+                            and_(
+                                ChunkRecord.version_id == IngestItem.version_id,
+                                ~exists().where(
+                                    and_(
+                                        Embedding.embedder == collection.embedder,
+                                        Embedding.content_hash == ChunkRecord.content_hash,
+                                    )
+                                ),
+                            )
+                        ),
+                    )
+                )
+            ).all()
+        for item in ready:
+            async with self.db.session() as s:
+                await self._activate_one(s, collection, item.id)
+
+    async def _activate_one(self, s: AsyncSession, collection: Collection, item_id: str) -> None:
+        item = await s.get(IngestItem, item_id)
+        if item is None or item.status != "chunked" or item.version_id is None:
+            return
+        version = await s.get(DocumentVersion, item.version_id)
+        document = await s.get(Document, item.document_id) if item.document_id else None
+        if version is None or document is None:
+            item.status, item.reason, item.error = "failed", "corrupt", "document removed"
+            return
+        if document.current_version_id and document.current_version_id != version.id:
+            await retire_version(s, collection.id, document.current_version_id)
+        version.status = "active"
+        document.current_version_id = version.id
+        document.title = version.title or document.title
+        document.language = version.language
+        ids = (
+            await s.scalars(select(ChunkRecord.id).where(ChunkRecord.version_id == version.id))
+        ).all()
+        s.add_all(IndexOp(collection_id=collection.id, op="add", chunk_id=i) for i in ids)
+        item.status = "indexed"
+
+    # -- re-embedding ---------------------------------------------------------------------
+
+    async def _reembed(self, job_id: str, collection: Collection) -> None:
+        """Vectors for every live chunk with the collection's new embedder, then switch."""
+        target = collection.pending_embedder or collection.embedder
+        embedder = self.embedders.get(target)
+        batch = self.settings.knowledge.embed_batch
+        while await self._status(job_id) == "running":
+            async with self.db.reader() as s:
+                rows = (
+                    await s.execute(
+                        select(ChunkRecord.content_hash, ChunkRecord.heading_path, ChunkRecord.text)
+                        .where(
+                            ChunkRecord.collection_id == collection.id,
+                            ChunkRecord.retired.is_(False),
+                            ~exists().where(
+                                and_(
+                                    Embedding.embedder == target,
+                                    Embedding.content_hash == ChunkRecord.content_hash,
+                                )
+                            ),
+                        )
+                        .limit(batch * 4)
+                    )
+                ).all()
+            if not rows:
+                break
+            unique = list({r[0]: indexed_text(r[1], r[2]) for r in rows}.items())[:batch]
+            vectors = await asyncio.to_thread(embedder.embed, [t for _, t in unique], "passage")
+            await self.store_embeddings(target, [h for h, _ in unique], vectors)
+        if await self._status(job_id) != "running":
+            return
+        async with self.db.session() as s:
+            fresh = await s.get(Collection, collection.id)
+            if fresh is not None:
+                fresh.embedder = target
+                fresh.state = "ready"
+                fresh.pending_embedder = None
+                s.add(IndexOp(collection_id=collection.id, op="reset"))
+                collection = fresh
+        await self.indexes.current(collection)
+        await self._finish(job_id, "completed", None)
+
+
+async def retire_version(s: AsyncSession, collection_id: str, version_id: str) -> None:
+    """Retire a version: its chunks leave the indexes (logged) but stay in the database."""
+    version = await s.get(DocumentVersion, version_id)
+    if version is None or version.status == "retired":
+        return
+    version.status = "retired"
+    version.retired_at = utcnow()
+    ids = (
+        await s.scalars(
+            select(ChunkRecord.id).where(
+                ChunkRecord.version_id == version_id, ChunkRecord.retired.is_(False)
+            )
+        )
+    ).all()
+    await s.execute(
+        update(ChunkRecord).where(ChunkRecord.version_id == version_id).values(retired=True)
+    )
+    s.add_all(IndexOp(collection_id=collection_id, op="remove", chunk_id=i) for i in ids)

@@ -1,0 +1,146 @@
+"""The llama.cpp engine process: ``python -m concilium.llm.backends._engine '<options json>'``.
+
+Runs apart from the server so that (1) its Python sampling loop never competes with the
+event loop for the GIL, (2) a crash in native code (a corrupt GGUF, an out-of-memory)
+kills this process, not the server, and (3) a generation can always be stopped.
+
+Protocol: one JSON object per line. Requests on stdin:
+  ``{"op": "generate", "id", "model_path", "model", "messages", "kwargs"}``
+  ``{"op": "cancel", "id"}``, ``{"op": "shutdown"}``.
+Replies on stdout: ``{"ready": true}`` once, then per request ``{"id", "text"}`` for each
+token and finally ``{"id", "end": {finish_reason, prompt_tokens, completion_tokens}}`` or
+``{"id", "error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import sys
+import threading
+from collections import OrderedDict
+from typing import Any, BinaryIO
+
+__all__ = ["main"]
+
+
+class _Engine:
+    def __init__(self, options: dict[str, Any], out: BinaryIO) -> None:
+        self.options = options
+        self.out = out
+        self.out_lock = threading.Lock()
+        self.loaded: OrderedDict[str, Any] = OrderedDict()
+        self.cancelled: set[int] = set()
+        self.jobs: queue.Queue[dict[str, Any] | None] = queue.Queue()
+
+    def emit(self, message: dict[str, Any]) -> None:
+        data = (json.dumps(message, ensure_ascii=False) + "\n").encode()
+        with self.out_lock:
+            self.out.write(data)
+            self.out.flush()
+
+    def read_requests(self) -> None:
+        """Reader thread: queue work, note cancellations as soon as they arrive."""
+        for line in sys.stdin.buffer:
+            message = json.loads(line)
+            op = message.get("op")
+            if op == "cancel":
+                self.cancelled.add(message["id"])
+            elif op == "generate":
+                self.jobs.put(message)
+            elif op == "shutdown":
+                break
+        self.jobs.put(None)  # shutdown, or the server went away
+
+    def load(self, name: str, path: str, n_ctx: int) -> Any:
+        llm = self.loaded.get(name)
+        if llm is not None:
+            self.loaded.move_to_end(name)
+            return llm
+        from llama_cpp import Llama
+
+        while len(self.loaded) >= self.options["max_loaded_models"]:
+            _, old = self.loaded.popitem(last=False)
+            old.close()
+        llm = Llama(
+            model_path=path,
+            n_ctx=n_ctx,
+            n_threads=self.options["n_threads"],
+            n_batch=self.options["n_batch"],
+            use_mlock=self.options["use_mlock"],
+            flash_attn=self.options["flash_attn"],
+            verbose=False,
+        )
+        self.loaded[name] = llm
+        return llm
+
+    def generate(self, job: dict[str, Any]) -> None:
+        ident = job["id"]
+        if ident in self.cancelled:
+            self.cancelled.discard(ident)
+            self.emit(
+                {
+                    "id": ident,
+                    "end": {
+                        "finish_reason": "cancelled",
+                        "prompt_tokens": 0,
+                        "completion_tokens": 0,
+                    },
+                }
+            )
+            return
+        try:
+            llm = self.load(job["model"], job["model_path"], job["n_ctx"])
+            stream = llm.create_chat_completion(
+                messages=job["messages"], stream=True, **job["kwargs"]
+            )
+            produced = 0
+            finish: str | None = None
+            try:
+                for part in stream:
+                    if ident in self.cancelled:
+                        finish = "cancelled"
+                        break
+                    choice = part["choices"][0]
+                    text = choice["delta"].get("content")
+                    if text:
+                        produced += 1
+                        self.emit({"id": ident, "text": text})
+                    finish = choice.get("finish_reason") or finish
+            finally:
+                stream.close()
+            self.emit(
+                {
+                    "id": ident,
+                    "end": {
+                        "finish_reason": finish or "stop",
+                        "prompt_tokens": max(llm.n_tokens - produced, 0),
+                        "completion_tokens": produced,
+                    },
+                }
+            )
+        except Exception as exc:  # reported to the server, which maps it to BackendError
+            self.emit({"id": ident, "error": f"{type(exc).__name__}: {exc}"})
+        finally:
+            self.cancelled.discard(ident)
+
+    def run(self) -> None:
+        threading.Thread(target=self.read_requests, name="engine-reader", daemon=True).start()
+        self.emit({"ready": True})
+        while (job := self.jobs.get()) is not None:
+            self.generate(job)
+        for llm in self.loaded.values():
+            llm.close()
+
+
+def main() -> None:
+    options = json.loads(sys.argv[1])
+    # The protocol owns the original stdout; anything native code prints goes to stderr.
+    protocol = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    _Engine(options, protocol).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""The object graph of a running Concilium, shared by the HTTP server and the CLI.
+
+``build`` wires components without I/O; ``start`` prepares the data directory, migrates
+the database, recovers interrupted answers and, on a fresh install, issues the one-time
+setup token; ``stop`` ends generations and releases resources.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import structlog
+
+from concilium.auth.audit import AuditLog
+from concilium.auth.quotas import UsageMeter
+from concilium.auth.ratelimit import RateLimiter
+from concilium.auth.service import AuthService
+from concilium.auth.workspaces import Workspaces
+from concilium.chat.service import ChatService
+from concilium.config import Settings
+from concilium.knowledge.embedders import EmbedderRegistry
+from concilium.knowledge.rerank import RerankerRegistry
+from concilium.knowledge.service import KnowledgeService
+from concilium.llm.base import Backend
+from concilium.llm.cache import ResponseCache
+from concilium.llm.registry import build_backends
+from concilium.llm.router import Router
+from concilium.observability.metrics import Metrics
+from concilium.orchestrator.engine import Orchestrator
+from concilium.orchestrator.rag import RagMode
+from concilium.store.db import Database
+from concilium.store.migrate import upgrade
+
+__all__ = ["Services", "running_services"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    metrics: Metrics
+    backends: dict[str, Backend]
+    cache: ResponseCache
+    router: Router
+    orchestrator: Orchestrator
+    chat: ChatService
+    audit: AuditLog
+    auth: AuthService
+    workspaces: Workspaces
+    limiter: RateLimiter
+    meter: UsageMeter
+    knowledge: KnowledgeService
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        db = Database(
+            settings.database_url,
+            echo=settings.database.echo,
+            pool_size=settings.database.pool_size,
+        )
+        metrics = Metrics()
+        backends = build_backends(settings)
+        cache = ResponseCache(settings.cache, db, metrics)
+        router = Router(settings, backends, cache, metrics)
+        meter = UsageMeter(settings.limits, db)
+        orchestrator = Orchestrator(router, meter)
+        audit = AuditLog(settings, db)
+        workspaces = Workspaces(db, audit)
+        knowledge = KnowledgeService(
+            settings, db, workspaces, EmbedderRegistry(settings), RerankerRegistry(settings, router)
+        )
+        orchestrator.register_mode(RagMode(settings, router, knowledge))
+        return cls(
+            settings=settings,
+            db=db,
+            metrics=metrics,
+            backends=backends,
+            cache=cache,
+            router=router,
+            orchestrator=orchestrator,
+            chat=ChatService(settings, db, orchestrator, metrics, workspaces),
+            audit=audit,
+            auth=AuthService(settings, db, audit),
+            workspaces=workspaces,
+            limiter=RateLimiter(settings.limits),
+            meter=meter,
+            knowledge=knowledge,
+        )
+
+    async def start(self, *, serving: bool = False) -> None:
+        """Ready to work. ``serving``: this is the server, so a fresh install prints the
+        one-time setup token (the CLI's in-process commands do not)."""
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db.prepare()
+        if self.settings.database.auto_migrate:
+            await upgrade(self.db)
+        recovered = await self.chat.recover()
+        if recovered:
+            log.warning("interrupted_answers_recovered", count=recovered)
+        if not serving:
+            return
+        self.knowledge.start()
+        _ = self.auth.keys  # load (or create) the signing keys now, not on a request
+        if not await self.auth.has_users():
+            token = await self.auth.issue_setup_token()
+            log.warning(
+                "setup_required",
+                setup_token=token,
+                how="POST /api/auth/setup with this token, a username and a password, "
+                "or run `concilium users create --admin`; the token works once",
+                valid_minutes=self.settings.auth.setup_token_minutes,
+            )
+
+    async def stop(self) -> None:
+        await self.chat.shutdown(self.settings.server.graceful_shutdown_seconds)
+        await self.knowledge.stop()
+        for backend in self.backends.values():
+            try:
+                await backend.aclose()
+            except Exception:
+                log.exception("backend_close_failed", backend=backend.name)
+        await self.db.dispose()
+        log.info("services_stopped")
+
+
+@asynccontextmanager
+async def running_services(settings: Settings) -> AsyncIterator[Services]:
+    services = Services.build(settings)
+    try:
+        await services.start()
+        yield services
+    finally:
+        await services.stop()
