@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -53,17 +53,36 @@ class Knowledge:
         return await self.service.job(None, job_id)
 
 
+KnowledgeFactory = Callable[..., Awaitable[Knowledge]]
+
+
 @pytest.fixture
-async def knowledge(make_settings: SettingsFactory, database: Database) -> AsyncIterator[Knowledge]:
-    settings = make_settings(knowledge={"parse_workers": 1})
-    backends = build_backends(settings)
-    metrics = Metrics()
-    router = Router(settings, backends, ResponseCache(settings.cache, database, metrics), metrics)
-    k = Knowledge(settings, database, router)
-    await k.setup()
+async def make_knowledge(
+    make_settings: SettingsFactory, database: Database
+) -> AsyncIterator[KnowledgeFactory]:
+    """``await make_knowledge(**settings)``: a knowledge service with these settings."""
+    made: list[tuple[Knowledge, dict[str, Any]]] = []
+
+    async def factory(**overrides: Any) -> Knowledge:
+        knowledge = {"parse_workers": 1, **overrides.pop("knowledge", {})}
+        settings = make_settings(knowledge=knowledge, **overrides)
+        backends = build_backends(settings)
+        metrics = Metrics()
+        cache = ResponseCache(settings.cache, database, metrics)
+        k = Knowledge(settings, database, Router(settings, backends, cache, metrics))
+        made.append((k, backends))
+        await k.setup()
+        return k
+
     try:
-        yield k
+        yield factory
     finally:
-        await k.service.stop()
-        for backend in backends.values():
-            await backend.aclose()
+        for k, backends in made:
+            await k.service.stop()
+            for backend in backends.values():
+                await backend.aclose()
+
+
+@pytest.fixture
+async def knowledge(make_knowledge: KnowledgeFactory) -> Knowledge:
+    return await make_knowledge()

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 
 import pytest
 
 from tests.support.fake_llm_servers import FakeOpenAI
-from tests.support.live import Live
+from tests.support.live import Live, wait_for_job
 
 PUBLIC = {
     ("GET", "/health/live"),
@@ -34,15 +33,6 @@ def _send(client: Any, method: str, path: str, concrete: str) -> Any:
     if path.endswith("/documents") and method == "POST":  # multipart upload
         return client.post(concrete, files=[("files", ("x.txt", b"bob's text"))])
     return client.request(method, concrete, json=_body(method, path))
-
-
-def wait_for_job(client: Any, job_id: str, timeout: float = 60.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = client.get(f"/api/jobs/{job_id}").json()
-        if job["status"] not in ("queued", "running") or time.monotonic() > deadline:
-            return job
-        time.sleep(0.1)
 
 
 def _body(method: str, path: str) -> dict[str, Any] | None:

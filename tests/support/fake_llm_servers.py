@@ -50,6 +50,8 @@ class FakeLLMServer:
         self.cancelled = 0
         self.completed = 0
         self.models = ["fake-model"]
+        self.rerank_words: list[str] = []
+        self.rerank_requests: list[dict[str, Any]] = []
 
     def push(self, *behaviours: Behaviour) -> None:
         with self._lock:
@@ -81,8 +83,28 @@ class FakeOpenAI(FakeLLMServer):
             routes=[
                 Route("/v1/chat/completions", self.chat, methods=["POST"]),
                 Route("/v1/models", self.list_models, methods=["GET"]),
+                Route("/v1/rerank", self.rerank, methods=["POST"]),
             ]
         )
+
+    async def rerank(self, request: Request) -> Response:
+        """The ``/v1/rerank`` shape (Jina, Cohere, TEI): a document scores the number of
+        ``rerank_words`` it contains. A scripted ``status`` behaviour answers an error."""
+        body = await request.json()
+        with self._lock:
+            self.rerank_requests.append(body)
+            b = self.queue.popleft() if self.queue else None
+        if b is not None and (error := await self._error_or_none(b)) is not None:
+            return error
+        results = [
+            {
+                "index": i,
+                "relevance_score": float(sum(w in doc.lower() for w in self.rerank_words)),
+            }
+            for i, doc in enumerate(body["documents"])
+        ]
+        results.sort(key=lambda r: -r["relevance_score"])
+        return JSONResponse({"model": body.get("model"), "results": results})
 
     async def list_models(self, request: Request) -> JSONResponse:
         return JSONResponse(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,6 +78,16 @@ class Live:
     def close(self) -> None:
         for client in self._clients:
             client.close()
+
+
+def wait_for_job(client: httpx.Client, job_id: str, timeout: float = 60.0) -> dict[str, Any]:
+    """Poll an ingestion job until it is finished (or ``timeout`` passes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job: dict[str, Any] = client.get(f"/api/jobs/{job_id}").json()
+        if job["status"] not in ("queued", "running") or time.monotonic() > deadline:
+            return job
+        time.sleep(0.1)
 
 
 LiveFactory = Callable[..., Any]

@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+import structlog
 
 from concilium.config import RerankerSettings, Settings
 from concilium.errors import BackendUnavailable, InvalidRequest
@@ -27,6 +28,8 @@ from concilium.llm.base import ChatMessage, GenerationParams, ResponseFormat
 from concilium.llm.router import Router
 
 __all__ = ["Reranker", "RerankerRegistry"]
+
+log = structlog.get_logger(__name__)
 
 _JUDGE_SCHEMA = {
     "type": "object",
@@ -55,6 +58,8 @@ class LLMReranker(Reranker):
         self.router = router
         self.model = model
         self.max_chars = max_chars
+        #: Answers that were not the JSON asked for (scored 0): a sign of a weak judge.
+        self.unreadable = 0
 
     async def _judge(self, query: str, passage: str) -> float:
         route = self.router.resolve(self.model)
@@ -74,8 +79,12 @@ class LLMReranker(Reranker):
         try:
             value = json.loads("".join(text))["relevance"]
         except (ValueError, KeyError, TypeError):
+            value = None
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            self.unreadable += 1
+            log.info("rerank_unreadable", reranker=self.name, answer="".join(text)[:100])
             return 0.0
-        return float(value) if isinstance(value, int | float) else 0.0
+        return float(min(max(value, 0), 3))
 
     async def score(self, query: str, passages: Sequence[str]) -> list[float]:
         # One at a time: a local model serves one request at once anyway, and the ties
