@@ -38,7 +38,9 @@ system-deps:
 	  (apt-get install -y tesseract-ocr tesseract-ocr-eng tesseract-ocr-fra || \
 	   (apt-get update && apt-get install -y tesseract-ocr tesseract-ocr-eng tesseract-ocr-fra))
 
+# The acceptance test of grounded answers runs the default model.
 test: install system-deps $(VENV)/.test-model services
+	$(BIN)/concilium models pull $(DEFAULT_MODEL) --models-dir .cache/models
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install

@@ -238,11 +238,14 @@ def test_rag_turn_grounds_the_prompt_and_stores_cited_sources(kb: Any) -> None:
         mode="rag",
         collections=[collection["id"]],
     )
-    prompt = fake.requests[-1]["messages"][0]
-    assert prompt["role"] == "system"
-    assert "[1] " in prompt["content"]
-    assert "27 jours" in prompt["content"]
-    assert "Réponds en français" in prompt["content"]
+    system, asked = fake.requests[-1]["messages"]
+    assert system["role"] == "system"
+    assert "en français" in system["content"]
+    # The numbered passages travel with the question.
+    assert asked["role"] == "user"
+    assert asked["content"].startswith("Sources :\n\n[1] ")
+    assert "27 jours" in asked["content"]
+    assert asked["content"].endswith("Question : Combien de jours de congés payés ai-je par an ?")
     assert message["content"].endswith("[1].")
     first = message["sources"][0]
     assert first["n"] == 1
@@ -251,6 +254,7 @@ def test_rag_turn_grounds_the_prompt_and_stores_cited_sources(kb: Any) -> None:
     assert first["heading_path"][0] == "Congés payés"
     assert "27 jours" in first["snippet"]
     assert all(s["cited"] is False for s in message["sources"][1:])
+
 
 
 def test_rag_stream_sends_sources_before_the_text(kb: Any) -> None:
@@ -275,6 +279,9 @@ def test_rag_stream_sends_sources_before_the_text(kb: Any) -> None:
     done = events[-1]
     assert done[0] == "done"
     assert done[1]["extra"]["cited"] == [1]
+    assert done[1]["extra"]["citations"] == [
+        {"start": 0, "end": len("Il ouvre à 7 heures [1]."), "sources": [1], "claimed": [1]}
+    ]
 
 
 def test_rag_says_nothing_was_found_without_asking_the_model(kb: Any) -> None:

@@ -638,10 +638,6 @@ def auth_rotate_key(config: ConfigOption = None) -> None:
     err.print(f"new signing key {kid}")
 
 
-if __name__ == "__main__":  # pragma: no cover
-    app()
-
-
 def _register_knowledge() -> None:
     from concilium.cli import knowledge
 
@@ -652,3 +648,7 @@ def _register_knowledge() -> None:
 
 
 _register_knowledge()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

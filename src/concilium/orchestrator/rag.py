@@ -1,5 +1,6 @@
 """Grounded answers: retrieve passages, fit them into the model's budget, answer with
-numbered citations ``[n]`` that map to the ``Sources`` event sent before the text.
+numbered citations ``[n]`` that map to the ``Sources`` event sent before the text; the
+final event says which sources actually back which sentences (``citations``).
 
 When no passage is relevant enough (cosine similarity to the question under the
 collection's ``min_score``, by default the floor measured for its embedder), the answer
@@ -9,7 +10,6 @@ look grounded.
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,14 +26,14 @@ from concilium.knowledge.retrieval import Hit
 from concilium.knowledge.service import KnowledgeService
 from concilium.llm.base import ChatMessage
 from concilium.llm.router import Router
+from concilium.orchestrator.citations import check_citations
 from concilium.orchestrator.engine import AnswerRequest, PreparedAnswer
 from concilium.store.models import Collection
 
-__all__ = ["RagMode", "cited_numbers"]
+__all__ = ["RagMode"]
 
 log = structlog.get_logger(__name__)
 
-_CITATION = re.compile(r"\[(\d{1,3}(?:\s*[,;]\s*\d{1,3})*)\]")
 _SNIPPET = 300
 #: Model tokens per counted word token, with margin (French subwords run high).
 _TOKEN_RATIO = 1.5
@@ -41,33 +41,26 @@ _SHORT_FOLLOW_UP = 6  # words: a question this short is read with the previous o
 
 _INSTRUCTIONS = {
     "fr": (
-        "Tu réponds en t'appuyant uniquement sur les sources numérotées ci-dessous. "
-        "Après chaque phrase, cite entre crochets le numéro de la source qui la justifie, "
-        "par exemple [1] ou [2][3]. Si les sources ne contiennent pas la réponse, dis que "
-        "tu ne sais pas. Réponds en français, brièvement."
+        "Tu réponds à la question en t'appuyant uniquement sur les sources numérotées "
+        "fournies. Donne la réponse en une ou deux phrases, en français, et termine chaque "
+        "phrase par le numéro de la source qui la justifie, entre crochets : [1], [2]… "
+        "Si les sources ne contiennent pas la réponse, dis que tu ne sais pas."
     ),
     "en": (
-        "Answer using only the numbered sources below. After each sentence, cite the "
-        "number of the source that supports it in square brackets, such as [1] or [2][3]. "
-        "If the sources do not contain the answer, say that you do not know. Answer in the "
-        "language of the question, briefly."
+        "Answer the question using only the numbered sources provided. Give the answer in "
+        "one or two sentences, in the language of the question, and end each sentence with "
+        "the number of the source that supports it, in square brackets: [1], [2]… "
+        "If the sources do not contain the answer, say that you do not know."
     ),
+}
+_LAYOUT = {
+    "fr": "Sources :\n\n{passages}\n\nQuestion : {question}",
+    "en": "Sources:\n\n{passages}\n\nQuestion: {question}",
 }
 _NOTHING_FOUND = {
     "fr": "Je n'ai trouvé aucun passage pertinent dans {names} pour répondre à cette question.",
     "en": "I found no relevant passage in {names} to answer this question.",
 }
-
-
-def cited_numbers(text: str, count: int) -> list[int]:
-    """The source numbers an answer cites, in order of first citation."""
-    seen: dict[int, None] = {}
-    for match in _CITATION.finditer(text):
-        for part in re.split(r"[,;]", match.group(1)):
-            number = int(part.strip())
-            if 1 <= number <= count:
-                seen.setdefault(number, None)
-    return list(seen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,10 +134,18 @@ class RagMode:
         passages = "\n\n".join(
             f"[{n}] {_label(hit)}\n{hit.text.strip()}" for n, hit in enumerate(used, 1)
         )
+        # The sources go with the question, where small models look for them; earlier
+        # turns stay as they were.
         system = [m.content for m in request.messages if m.role == "system" and m.content]
-        prompt = "\n\n".join([*system, _INSTRUCTIONS[language], "Sources:\n\n" + passages])
         history = [m for m in request.messages if m.role != "system"]
-        messages = [ChatMessage("system", prompt), *history]
+        last = max(i for i, m in enumerate(history) if m.role == "user")
+        asked = _LAYOUT[language].format(passages=passages, question=history[last].content)
+        messages = [
+            ChatMessage("system", "\n\n".join([*system, _INSTRUCTIONS[language]])),
+            *history[:last],
+            ChatMessage("user", asked),
+            *history[last + 1 :],
+        ]
         scope = "rag" if request.account is None else f"rag:{request.account.user_id}"
         text: list[str] = []
         async for event in self.router.stream(
@@ -157,8 +158,15 @@ class RagMode:
             if isinstance(event, Token):
                 text.append(event.text)
             elif isinstance(event, Done):
-                cited = cited_numbers("".join(text), len(sources))
-                event = Done(event.finish_reason, {**event.extra, "grounded": True, "cited": cited})
+                checked = check_citations("".join(text), [hit.text for hit in used])
+                cited = list(dict.fromkeys(n for c in checked for n in c.sources))
+                extra = {
+                    **event.extra,
+                    "grounded": True,
+                    "cited": cited,
+                    "citations": [c.to_dict() for c in checked],
+                }
+                event = Done(event.finish_reason, extra)
             yield event
 
     def _fit(self, prepared: PreparedAnswer, hits: Sequence[Hit]) -> list[Hit]:
