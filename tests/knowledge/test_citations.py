@@ -5,8 +5,7 @@ from __future__ import annotations
 from concilium.orchestrator.citations import check_citations, cited_numbers
 
 PASSAGES = [
-    "Les sauvegardes sont faites chaque nuit à 2 heures. Les copies sont gardées "
-    "pendant 35 jours.",
+    "Les sauvegardes sont faites chaque nuit à 2 heures. Les copies sont gardées pendant 35 jours.",
     "Le café du port ouvre à 7 heures du matin et ferme à 22 heures.",
     "The boiler was serviced on 12 March 2024. Next inspection: April 2026.",
 ]

@@ -256,7 +256,6 @@ def test_rag_turn_grounds_the_prompt_and_stores_cited_sources(kb: Any) -> None:
     assert all(s["cited"] is False for s in message["sources"][1:])
 
 
-
 def test_rag_stream_sends_sources_before_the_text(kb: Any) -> None:
     _, fake, client, _ = kb
     fake.default = Behaviour(text="Il ouvre à 7 heures [1].")

@@ -132,6 +132,11 @@ def ingest(
                 None, collection, workspace_id=workspace_id, embedder=embedder
             )
             err.print(f"created collection [bold]{target.name}[/] ({target.embedder})")
+        # A run that was killed left its job unfinished: it resumes first, where it was.
+        for unfinished in reversed(await knowledge.jobs(None, target.id)):
+            if unfinished.status in ("queued", "running"):
+                err.print(f"resuming job {unfinished.id}")
+                await knowledge.runner.run_job(unfinished.id)
         job = await knowledge.ingest_paths(None, target.id, paths, tags=tag or [])
         with Progress(
             "[progress.description]{task.description}",
