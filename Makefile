@@ -48,12 +48,19 @@ lint: install
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 
-# The load test drives the server with wrk (Debian package `wrk`).
+# The load test drives the server with wrk (Debian package `wrk`). The knowledge
+# benchmarks compare with bm25s, Chroma and rank_bm25 (the `bench` extra); the latency one
+# takes about 40 minutes at 1M chunks (LATENCY_SIZES=10000,100000 for a quick run).
+LATENCY_SIZES ?= 10000,100000,1000000
 bench: install $(VENV)/.test-model
 	@command -v wrk >/dev/null || (apt-get install -y wrk || (apt-get update && apt-get install -y wrk))
+	$(PY) -m pip install --quiet -e ".[dev,bench]"
 	for model in qwen2.5-coder-1.5b qwen2.5-coder-0.5b smollm2-135m; do \
 	  $(BIN)/concilium models pull $$model || exit 1; done
 	$(PY) benchmarks/chat_overhead.py --write
+	$(PY) benchmarks/knowledge_quality.py --write
+	$(PY) benchmarks/knowledge_ingestion.py --write
+	$(PY) benchmarks/knowledge_latency.py --sizes $(LATENCY_SIZES) --write
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
