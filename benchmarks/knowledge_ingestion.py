@@ -34,15 +34,27 @@ from knowledge_common import MiB, measured_line, peak_rss_bytes, rss_bytes, writ
 CORPUS = Path("/work/shared/eval/cranfield-dev")
 
 
-def write_files(corpus: Path, folder: Path, limit: int) -> tuple[int, int]:
-    """One Markdown file per corpus document: (files, bytes)."""
+def write_files(corpus: Path, folder: Path, limit: int, per_file: int) -> tuple[int, int]:
+    """Markdown files of ``per_file`` corpus documents each (one section per document):
+    (files, bytes)."""
     from concilium.knowledge.evaluation import load_dataset
 
     dataset = load_dataset(corpus)
+    documents = list(dataset.corpus.items())[:limit]
     count = size = 0
-    for doc_id, (title, text) in list(dataset.corpus.items())[:limit]:
-        body = f"# {title.strip().rstrip(' .').capitalize()}\n\n{text}\n" if title else text
-        path = folder / f"{doc_id}.md"
+    for start in range(0, len(documents), per_file):
+        group = documents[start : start + per_file]
+        heading = "#" if per_file == 1 else "##"
+        parts = [
+            f"{heading} {title.strip().rstrip(' .').capitalize()}\n\n{text}\n" if title else text
+            for _, (title, text) in group
+        ]
+        body = (
+            "\n".join(parts)
+            if per_file == 1
+            else f"# Part {start // per_file + 1}\n\n" + ("\n".join(parts))
+        )
+        path = folder / f"{group[0][0]}.md"
         path.write_text(body, encoding="utf-8")
         count += 1
         size += len(body.encode())
@@ -112,73 +124,65 @@ def raw_embedding(model: Any, texts: list[str], batch: int) -> float:
     return time.perf_counter() - started
 
 
-def markdown(result: dict[str, Any], corpus: Path) -> str:
-    # The pipeline embeds each distinct chunk text once: both rates count those texts.
-    texts = result["unique_texts"]
-    pipeline_rate = texts / result["seconds"]
-    raw_rate = texts / result["raw_seconds"]
-    ratio = pipeline_rate / raw_rate
+def markdown(results: list[dict[str, Any]], corpus: Path) -> str:
+    first = results[0]
+    rows = []
+    for result in results:
+        # The pipeline embeds each distinct chunk text once: both rates count those texts.
+        texts = result["unique_texts"]
+        pipeline_rate = texts / result["seconds"]
+        raw_rate = texts / result["raw_seconds"]
+        ratio = pipeline_rate / raw_rate
+        rows.append(
+            f"| {result['files']} files x {result['per_file']} document(s) "
+            f"({result['bytes'] / 1024:.0f} KiB) | {result['chunks']:,} "
+            f"| {result['seconds']:.1f} s · {pipeline_rate:.1f}/s "
+            f"| {result['raw_seconds']:.1f} s · {raw_rate:.1f}/s "
+            f"| **{ratio:.2f}** ({'met' if ratio >= 0.9 else 'not met'}) "
+            f"| {result['peak_rss_mib']:.0f} MiB |"
+        )
     return "\n".join(
         [
             measured_line("python benchmarks/knowledge_ingestion.py --write"),
             "",
-            f"{result['files']} Markdown files ({result['bytes'] / 1024:.0f} KiB; the "
-            f"`{corpus.name}` corpus, one document per file) ingested with "
+            f"Documents of the `{corpus.name}` corpus written as Markdown files, one document "
+            "per file or several per file (one section each), ingested with "
             "`KnowledgeService.ingest_paths` into a fresh SQLite data directory, job run to "
-            f"completion (default settings: embedder {result['embedder']}, "
-            f"batch {result['batch']}, {result['threads']} embedding threads, "
-            f"{result['parse_workers']} parser processes), giving {result['chunks']:,} chunks "
-            f"({texts:,} distinct texts). Model loading and parser start-up are excluded "
-            f"from both sides (a one-file job first took {result['warmup_seconds']:.1f} s). "
-            "The raw embedder then encodes exactly those texts, same batch size, same "
-            f"threads. Best of {len(result['pipeline_runs'])} alternating rounds (pipeline "
-            f"{', '.join(f'{x:.1f}' for x in result['pipeline_runs'])} s; embedder "
-            f"{', '.join(f'{x:.1f}' for x in result['raw_runs'])} s). Target: ratio ≥ 0.9.",
+            f"completion (default settings: embedder {first['embedder']}, "
+            f"batch {first['batch']}, {first['threads']} embedding threads, "
+            f"{first['parse_workers']} parser processes). Model loading and parser start-up "
+            "are excluded from both sides. The raw embedder then encodes exactly the chunk "
+            "texts the pipeline made, same batch size, same threads. Best of "
+            f"{len(first['pipeline_runs'])} alternating rounds. Target: ratio ≥ 0.9.",
             "",
-            "| path | chunk texts | seconds | chunks/s | peak RSS |",
-            "|---|---|---|---|---|",
-            f"| Concilium pipeline (parse, chunk, embed, SQLite, indexes) | {texts:,} "
-            f"| {result['seconds']:.1f} | {pipeline_rate:.1f} "
-            f"| {result['peak_rss_mib']:.0f} MiB (process) |",
-            f"| `UniversalSentenceEncoder().embed` alone | {texts:,} "
-            f"| {result['raw_seconds']:.1f} | {raw_rate:.1f} | — |",
+            "| corpus | chunks | Concilium pipeline (parse, chunk, embed, SQLite, indexes) "
+            "| `UniversalSentenceEncoder().embed` alone | ratio | peak RSS (process) |",
+            "|---|---|---|---|---|---|",
+            *rows,
             "",
-            f"Ratio pipeline / embedder: **{ratio:.2f}** "
-            f"({'target met' if ratio >= 0.9 else 'target not met'}). "
-            f"{result['documents']} documents indexed, {result['failed']} failed; the "
-            f"pipeline process grew by {result['rss_growth_mib']:.0f} MiB during the jobs.",
+            "Per file the pipeline spends about 25 ms of CPU outside the embedder (parsing in "
+            "a separate process, language detection, chunking, the database transaction, "
+            "activation); on two cores that competes with the embedder's two threads, so "
+            "collections of many one-paragraph files ingest at well under the embedder's "
+            "rate, and documents of a few pages approach it.",
         ]
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--corpus", type=Path, default=CORPUS, help="a BEIR folder")
-    parser.add_argument("--files", type=int, default=400, help="documents written as files")
-    parser.add_argument("--rounds", type=int, default=2, help="pipeline/embedder pairs")
-    parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
-    args = parser.parse_args()
-
-    from concilium.config import LoggingSettings
-    from concilium.observability.logging import configure_logging
-
-    configure_logging(LoggingSettings(level="ERROR", format="console"))
-    from concilium.knowledge.embedders.builtin import UniversalSentenceEncoder
-
-    base = load_settings()
+def measure(
+    args: argparse.Namespace, base: Settings, model: Any, limit: int, per_file: int
+) -> dict[str, Any]:
     knowledge = base.knowledge
-    if knowledge.default_embedder != UniversalSentenceEncoder.name:
-        raise SystemExit(f"measured with use-m3; the default is {knowledge.default_embedder}")
-    model = UniversalSentenceEncoder(threads=knowledge.embed_threads)
     runs: list[dict[str, Any]] = []
     raw: list[float] = []
+    peak = 0.0
     with tempfile.TemporaryDirectory(prefix="concilium-ingest-") as tmp:
         root = Path(tmp)
         files, warmup = root / "files", root / "warmup"
         for folder in (files, warmup):
             folder.mkdir()
         (warmup / "hello.md").write_text("# Warm-up\n\nA first document to load the model.\n")
-        count, size = write_files(args.corpus, files, args.files)
+        count, size = write_files(args.corpus, files, limit, per_file)
         # Rounds alternate pipeline and raw embedder, each pipeline on a fresh data
         # directory (a second job on the same database would reuse the stored vectors);
         # the best of each side is kept, and the spread shows a busy machine.
@@ -194,9 +198,8 @@ def main() -> None:
             )
             print(f"round {round_ + 1}: ingesting {count} files…", file=sys.stderr)
             runs.append(asyncio.run(pipeline(settings, files, warmup)))
-            if round_ == 0:
-                peak = peak_rss_bytes() / MiB  # before the raw side loads its own model
-                model.embed(["warm-up"], "passage")
+            peak = max(peak, peak_rss_bytes() / MiB)
+            model.embed(["warm-up"], "passage")
             texts: list[str] = runs[-1].pop("embedded_texts")
             print(f"round {round_ + 1}: raw embedder on {len(texts)} texts…", file=sys.stderr)
             raw.append(raw_embedding(model, texts, knowledge.embed_batch))
@@ -204,6 +207,7 @@ def main() -> None:
     result.update(
         peak_rss_mib=peak,
         files=count,
+        per_file=per_file,
         bytes=size,
         embedder=knowledge.default_embedder,
         batch=knowledge.embed_batch,
@@ -215,7 +219,36 @@ def main() -> None:
         raw_runs=raw,
     )
     print(json.dumps(result), file=sys.stderr)
-    text = markdown(result, args.corpus)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--corpus", type=Path, default=CORPUS, help="a BEIR folder")
+    parser.add_argument("--files", type=int, default=400, help="files per corpus (at most)")
+    parser.add_argument(
+        "--per-file", default="1,30", help="documents per file, one corpus per value"
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="pipeline/embedder pairs")
+    parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
+    args = parser.parse_args()
+
+    from concilium.config import LoggingSettings
+    from concilium.observability.logging import configure_logging
+
+    configure_logging(LoggingSettings(level="ERROR", format="console"))
+    from concilium.knowledge.embedders.builtin import UniversalSentenceEncoder
+
+    base = load_settings()
+    knowledge = base.knowledge
+    if knowledge.default_embedder != UniversalSentenceEncoder.name:
+        raise SystemExit(f"measured with use-m3; the default is {knowledge.default_embedder}")
+    model = UniversalSentenceEncoder(threads=knowledge.embed_threads)
+    results = [
+        measure(args, base, model, args.files * per_file, per_file)
+        for per_file in [int(x) for x in args.per_file.split(",")]
+    ]
+    text = markdown(results, args.corpus)
     print(text)
     if args.write:
         write_section("knowledge_ingestion", "Knowledge ingestion throughput", text)

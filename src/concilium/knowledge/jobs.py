@@ -31,7 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from concilium.config import Settings
-from concilium.knowledge.chunking import chunk_document, indexed_text
+from concilium.knowledge.chunking import Chunk, chunk_document, indexed_text
 from concilium.knowledge.embedders import EmbedderRegistry
 from concilium.knowledge.files import FileStore
 from concilium.knowledge.index.manager import IndexManager
@@ -56,6 +56,8 @@ __all__ = ["IngestRunner", "Progress", "content_hash"]
 log = structlog.get_logger(__name__)
 
 _PARSE_BATCH = 8
+_ACTIVATE_BATCH = 100
+_IDLE_WAIT = 0.05  # seconds the embedding loop waits for parsed files before looking again
 _MEMORY_LIMIT = 4 * 1024**3  # a parser process may not grow past this (decompression bombs)
 
 
@@ -73,10 +75,26 @@ def _init_parser_process() -> None:
     logging.getLogger().setLevel(logging.ERROR)
 
 
-def _parse_file(path: str, name: str, max_bytes: int) -> ParsedDocument | ParseError:
-    """In a parser process: a document, or the error (returned: it pickles both ways)."""
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """What a parser process hands back for one file: the document and its chunks."""
+
+    document: ParsedDocument
+    language: str | None
+    chunks: list[Chunk]
+
+
+def _parse_file(
+    path: str, name: str, max_bytes: int, chunk_tokens: int, overlap: int
+) -> Prepared | ParseError:
+    """In a parser process: the parsed, language-tagged and chunked document, or the
+    error (returned: it pickles both ways). Doing the CPU work here keeps the event loop
+    free and uses every parser process."""
     try:
-        return parse_bytes(Path(path).read_bytes(), name, max_bytes=max_bytes)
+        document = parse_bytes(Path(path).read_bytes(), name, max_bytes=max_bytes)
+        language = detect_language(document.text)
+        chunks = chunk_document(document, target=chunk_tokens, overlap=overlap)
+        return Prepared(document, language, chunks)
     except ParseError as exc:
         return exc
     except MemoryError:
@@ -125,6 +143,9 @@ class IngestRunner:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        #: The job's writers take turns: under SQLite, concurrent write transactions only
+        #: wait on each other through the busy handler's sleeps.
+        self._write_lock = asyncio.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -202,27 +223,26 @@ class IngestRunner:
         if kind == "reembed":
             await self._reembed(job_id, collection)
             return
-        # Parsing (processes) of the next files overlaps embedding (a thread) of the
-        # previous ones: on a small machine the embedder sets the pace, and it never waits.
-        batch = max(_PARSE_BATCH, self.settings.knowledge.parse_workers * 16)
-        parsing: asyncio.Task[None] | None = None
+        # Parsing (processes) runs ahead in its own task while this loop embeds (a thread)
+        # and activates what is parsed: on a small machine the embedder sets the pace,
+        # and it only waits when the parsers have nothing ready.
+        parsing = asyncio.create_task(self._parse_all(job_id, collection))
         try:
             while await self._status(job_id) == "running":
-                if parsing is None:
-                    queued = await self._items(job_id, "queued", batch)
-                    if queued:
-                        parsing = asyncio.create_task(self._parse_batch(collection, queued))
-                await self._embed_pending(job_id, collection)
+                parsed_all = parsing.done()
+                embedded = await self._embed_pending(job_id, collection)
                 await self._activate(job_id, collection)
-                if parsing is None:
-                    break  # nothing left to parse, and what was parsed is indexed
-                await parsing
-                parsing = None
+                if parsed_all:
+                    parsing.result()  # a crash of the parsing task ends the job here
+                    if not embedded:
+                        break  # everything parsed before this pass is now indexed
+                elif not embedded:
+                    await asyncio.wait({parsing}, timeout=_IDLE_WAIT)
         finally:
-            if parsing is not None:
+            if not parsing.done():
                 parsing.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await parsing
+            with contextlib.suppress(asyncio.CancelledError):
+                await parsing
         await self.indexes.current(collection)  # searchable (and warm) when the job ends
         if await self._status(job_id) == "running":
             await self._finish(job_id, "completed", None)
@@ -255,21 +275,35 @@ class IngestRunner:
 
     # -- parse and chunk ------------------------------------------------------------------
 
+    async def _parse_all(self, job_id: str, collection: Collection) -> None:
+        batch = max(_PARSE_BATCH, self.settings.knowledge.parse_workers * 16)
+        while await self._status(job_id) == "running":
+            queued = await self._items(job_id, "queued", batch)
+            if not queued:
+                return
+            await self._parse_batch(collection, queued)
+
     async def _parse_batch(self, collection: Collection, items: Sequence[IngestItem]) -> None:
         limit = asyncio.Semaphore(self.settings.knowledge.parse_workers)
+        settings = CollectionSettings.model_validate(collection.settings or {})
 
-        async def one(item: IngestItem) -> None:
+        async def one(item: IngestItem) -> tuple[IngestItem, Prepared | ParseError]:
             async with limit:
-                result = await self._parse(item)
-            await self._store_parsed(collection, item, result)
+                return item, await self._parse(item, settings)
 
-        await asyncio.gather(*(one(item) for item in items))
+        await self._store_parsed(collection, await asyncio.gather(*(one(i) for i in items)))
 
-    async def _parse(self, item: IngestItem) -> ParsedDocument | ParseError:
+    async def _parse(self, item: IngestItem, settings: CollectionSettings) -> Prepared | ParseError:
         path = str(self.files.root / item.file_path)
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(
-            self._executor(), _parse_file, path, item.source, self.settings.knowledge.max_file_bytes
+            self._executor(),
+            _parse_file,
+            path,
+            item.source,
+            self.settings.knowledge.max_file_bytes,
+            settings.chunk_tokens,
+            settings.chunk_overlap,
         )
         try:
             async with asyncio.timeout(self.settings.knowledge.parse_timeout_seconds):
@@ -285,115 +319,128 @@ class IngestRunner:
             return ParseError("corrupt", "the parser process died on this file")
 
     async def _store_parsed(
-        self, collection: Collection, item: IngestItem, result: ParsedDocument | ParseError
+        self, collection: Collection, results: Sequence[tuple[IngestItem, Prepared | ParseError]]
     ) -> None:
-        settings = CollectionSettings.model_validate(collection.settings or {})
-        async with self.db.session() as s:
-            fresh = await s.get(IngestItem, item.id)
-            if fresh is None or fresh.status != "queued":
-                return  # cancelled meanwhile, or done by another worker
-            fresh.attempts += 1
-            if isinstance(result, ParseError):
-                fresh.status, fresh.reason, fresh.error = "failed", result.reason, result.message
+        """Record parsed files in one transaction: documents, versions, chunks."""
+        async with self._write_lock, self.db.session() as s:
+            for item, prepared in results:
+                await self._store_one(s, collection, item, prepared)
+
+    async def _store_one(
+        self,
+        s: AsyncSession,
+        collection: Collection,
+        item: IngestItem,
+        prepared: Prepared | ParseError,
+    ) -> None:
+        fresh = await s.get(IngestItem, item.id)
+        if fresh is None or fresh.status != "queued":
+            return  # cancelled meanwhile, or done by another worker
+        fresh.attempts += 1
+        if isinstance(prepared, ParseError):
+            fresh.status, fresh.reason, fresh.error = (
+                "failed",
+                prepared.reason,
+                prepared.message,
+            )
+            return
+        result, language = prepared.document, prepared.language
+        document = await s.scalar(
+            select(Document).where(
+                Document.collection_id == collection.id, Document.source == item.source
+            )
+        )
+        if document is not None and document.current_version_id:
+            current = await s.get(DocumentVersion, document.current_version_id)
+            if current is not None and current.content_hash == item.content_hash:
+                fresh.status, fresh.document_id = "skipped", document.id
+                fresh.version_id = current.id
                 return
-            document = await s.scalar(
-                select(Document).where(
-                    Document.collection_id == collection.id, Document.source == item.source
-                )
-            )
-            if document is not None and document.current_version_id:
-                current = await s.get(DocumentVersion, document.current_version_id)
-                if current is not None and current.content_hash == item.content_hash:
-                    fresh.status, fresh.document_id = "skipped", document.id
-                    fresh.version_id = current.id
-                    return
-            language = detect_language(result.text)
-            if document is None:
-                document = Document(
-                    collection_id=collection.id,
-                    source=item.source,
-                    title=(result.title or "")[:300],
-                    language=language,
-                    tags=item.tags,
-                )
-                s.add(document)
-                await s.flush()
-            number = (
-                await s.scalar(
-                    select(func.max(DocumentVersion.number)).where(
-                        DocumentVersion.document_id == document.id
-                    )
-                )
-                or 0
-            )
-            version = DocumentVersion(
-                document_id=document.id,
-                number=number + 1,
-                content_hash=item.content_hash,
-                file_path=item.file_path,
-                size=item.size,
-                format=result.kind,
+        if document is None:
+            document = Document(
+                collection_id=collection.id,
+                source=item.source,
                 title=(result.title or "")[:300],
                 language=language,
-                pages=result.pages,
-                ocr_pages=result.ocr_pages,
-                status="pending",
+                tags=item.tags,
             )
-            s.add(version)
+            s.add(document)
             await s.flush()
-            chunks = chunk_document(
-                result, target=settings.chunk_tokens, overlap=settings.chunk_overlap
-            )
-            s.add_all(
-                ChunkRecord(
-                    collection_id=collection.id,
-                    document_id=document.id,
-                    version_id=version.id,
-                    ordinal=c.ordinal,
-                    text=c.text,
-                    heading_path=list(c.heading_path),
-                    page=c.page,
-                    page_end=c.page_end,
-                    char_start=c.char_start,
-                    char_end=c.char_end,
-                    tokens=c.tokens,
-                    language=language,
-                    content_hash=content_hash(c.indexed_text),
+        number = (
+            await s.scalar(
+                select(func.max(DocumentVersion.number)).where(
+                    DocumentVersion.document_id == document.id
                 )
-                for c in chunks
             )
-            fresh.status, fresh.document_id, fresh.version_id = "chunked", document.id, version.id
-            fresh.chunks = len(chunks)
+            or 0
+        )
+        version = DocumentVersion(
+            document_id=document.id,
+            number=number + 1,
+            content_hash=item.content_hash,
+            file_path=item.file_path,
+            size=item.size,
+            format=result.kind,
+            title=(result.title or "")[:300],
+            language=language,
+            pages=result.pages,
+            ocr_pages=result.ocr_pages,
+            status="pending",
+        )
+        s.add(version)
+        await s.flush()
+        chunks = prepared.chunks
+        s.add_all(
+            ChunkRecord(
+                collection_id=collection.id,
+                document_id=document.id,
+                version_id=version.id,
+                ordinal=c.ordinal,
+                text=c.text,
+                heading_path=list(c.heading_path),
+                page=c.page,
+                page_end=c.page_end,
+                char_start=c.char_start,
+                char_end=c.char_end,
+                tokens=c.tokens,
+                language=language,
+                content_hash=content_hash(c.indexed_text),
+            )
+            for c in chunks
+        )
+        fresh.status, fresh.document_id, fresh.version_id = "chunked", document.id, version.id
+        fresh.chunks = len(chunks)
 
     # -- embed ----------------------------------------------------------------------------
 
-    async def _embed_pending(self, job_id: str, collection: Collection) -> None:
+    async def _embed_pending(self, job_id: str, collection: Collection) -> int:
+        """Embed one batch of the job's chunks that have no vector yet; how many."""
         embedder = self.embedders.get(collection.embedder)
         batch = self.settings.knowledge.embed_batch
-        while True:
-            async with self.db.reader() as s:
-                rows = (
-                    await s.execute(
-                        select(ChunkRecord.content_hash, ChunkRecord.heading_path, ChunkRecord.text)
-                        .join(IngestItem, IngestItem.version_id == ChunkRecord.version_id)
-                        .where(
-                            IngestItem.job_id == job_id,
-                            IngestItem.status == "chunked",
-                            ~exists().where(
-                                and_(
-                                    Embedding.embedder == collection.embedder,
-                                    Embedding.content_hash == ChunkRecord.content_hash,
-                                )
-                            ),
-                        )
-                        .limit(batch * 4)
+        async with self.db.reader() as s:
+            rows = (
+                await s.execute(
+                    select(ChunkRecord.content_hash, ChunkRecord.heading_path, ChunkRecord.text)
+                    .join(IngestItem, IngestItem.version_id == ChunkRecord.version_id)
+                    .where(
+                        IngestItem.job_id == job_id,
+                        IngestItem.status == "chunked",
+                        ~exists().where(
+                            and_(
+                                Embedding.embedder == collection.embedder,
+                                Embedding.content_hash == ChunkRecord.content_hash,
+                            )
+                        ),
                     )
-                ).all()
-            if not rows:
-                return
-            unique = list({r[0]: indexed_text(r[1], r[2]) for r in rows}.items())[:batch]
-            vectors = await asyncio.to_thread(embedder.embed, [t for _, t in unique], "passage")
-            await self.store_embeddings(collection.embedder, [h for h, _ in unique], vectors)
+                    .limit(batch * 4)
+                )
+            ).all()
+        if not rows:
+            return 0
+        unique = list({r[0]: indexed_text(r[1], r[2]) for r in rows}.items())[:batch]
+        vectors = await asyncio.to_thread(embedder.embed, [t for _, t in unique], "passage")
+        await self.store_embeddings(collection.embedder, [h for h, _ in unique], vectors)
+        return len(unique)
 
     async def store_embeddings(
         self, embedder: str, hashes: Sequence[str], vectors: np.ndarray
@@ -407,13 +454,14 @@ class IngestRunner:
             }
             for h, v in zip(hashes, vectors, strict=True)
         ]
-        async with self.db.session() as s:
+        async with self._write_lock, self.db.session() as s:
             await s.execute(dialect.insert(Embedding).values(values).on_conflict_do_nothing())
 
     # -- activate -------------------------------------------------------------------------
 
     async def _activate(self, job_id: str, collection: Collection) -> None:
-        """Make every fully embedded version current, in one transaction each."""
+        """Make every fully embedded version current; a transaction activates a batch of
+        versions wholly or not at all."""
         async with self.db.reader() as s:
             ready = (
                 await s.scalars(
@@ -434,9 +482,10 @@ class IngestRunner:
                     )
                 )
             ).all()
-        for item in ready:
-            async with self.db.session() as s:
-                await self._activate_one(s, collection, item.id)
+        for start in range(0, len(ready), _ACTIVATE_BATCH):
+            async with self._write_lock, self.db.session() as s:
+                for item in ready[start : start + _ACTIVATE_BATCH]:
+                    await self._activate_one(s, collection, item.id)
 
     async def _activate_one(self, s: AsyncSession, collection: Collection, item_id: str) -> None:
         item = await s.get(IngestItem, item_id)
