@@ -18,7 +18,8 @@ from concilium.knowledge.parsing import parse_bytes
 from concilium.services import running_services
 from tests.conftest import MODELS_DIR
 
-FILES = 200
+#: 200 in CI; the full-scale check runs with CRASH_TEST_FILES=5000.
+FILES = int(os.environ.get("CRASH_TEST_FILES", "200"))
 _WORD_LIST = """pump valve boiler pressure sensor cable router backup disk invoice contract
 tenant roof window garden engine brake tyre battery solar heater filter printer ticket"""
 WORDS = _WORD_LIST.split()
@@ -80,18 +81,19 @@ async def test_kill_9_mid_job_then_resume_gives_exact_counts(tmp_path: Path) -> 
     db = data_dir / "concilium.db"
 
     first = _ingest(env, tmp_path / "records")
-    deadline = time.monotonic() + 120
-    while _indexed(db) < 20:
+    deadline = time.monotonic() + 600
+    kill_at = max(20, FILES // 3)
+    while _indexed(db) < kill_at:
         assert first.poll() is None, "the ingestion ended before it could be killed"
         assert time.monotonic() < deadline, "no progress"
         time.sleep(0.02)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(timeout=30)
     killed_at = _indexed(db)
-    assert 20 <= killed_at < FILES
+    assert kill_at <= killed_at < FILES
 
     second = _ingest(env, tmp_path / "records")
-    _, errors = second.communicate(timeout=600)
+    _, errors = second.communicate(timeout=3600)
     assert second.returncode == 0, errors
     assert "resuming job" in errors
     assert f"0 indexed, {FILES} unchanged, 0 failed" in errors  # the new job: nothing left
