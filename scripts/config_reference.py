@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from concilium.config import BackendSettings, ModelAlias, Settings
+from concilium.config import BackendSettings, ModelAlias, Settings, ToolSettings
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 START, END = "<!-- reference:start -->", "<!-- reference:end -->"
@@ -39,6 +39,18 @@ def _table(rows: list[tuple[str, Any]]) -> list[str]:
     return lines
 
 
+def _flatten(prefix: str, model: type[BaseModel]) -> list[tuple[str, Any]]:
+    """Fields of a section, nested sections spelled out (``agents.shell.timeout_seconds``)."""
+    rows: list[tuple[str, Any]] = []
+    for name, field in model.model_fields.items():
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            rows += _flatten(f"{prefix}.{name}", kind)
+        else:
+            rows.append((f"{prefix}.{name}", field))
+    return rows
+
+
 def reference() -> str:
     top: list[tuple[str, Any]] = []
     sections: list[str] = []
@@ -47,13 +59,14 @@ def reference() -> str:
         if isinstance(kind, type) and issubclass(kind, BaseModel):
             title = (kind.__doc__ or "").strip().splitlines()[0]
             sections += ["", f"### `{name}` — {title}", ""]
-            sections += _table([(f"{name}.{n}", f) for n, f in kind.model_fields.items()])
+            sections += _table(_flatten(name, kind))
         else:
             top.append((name, field))
     parts = _table(top) + sections
     for prefix, model, title in (
         ("backends.NAME", BackendSettings, "one backend"),
         ("models.NAME", ModelAlias, "a model alias"),
+        ("agents.tools.NAME", ToolSettings, "one tool's switches"),
     ):
         parts += ["", f"### `{prefix}` — {title}", ""]
         parts += _table([(f"{prefix}.{n}", f) for n, f in model.model_fields.items()])

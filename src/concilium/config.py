@@ -31,6 +31,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 __all__ = [
+    "AgentSettings",
     "AuthSettings",
     "BackendSettings",
     "CacheSettings",
@@ -39,9 +40,12 @@ __all__ = [
     "KnowledgeSettings",
     "LimitSettings",
     "ModelAlias",
+    "NetworkToolSettings",
     "RouterSettings",
     "ServerSettings",
     "Settings",
+    "ShellSettings",
+    "ToolSettings",
     "load_settings",
 ]
 
@@ -345,6 +349,61 @@ class KnowledgeSettings(_Section):
     )
 
 
+class ToolSettings(_Section):
+    """One tool's switches (unset: read-only tools on, others off; execute tools approved)."""
+
+    enabled: bool | None = Field(None, description="Allow the tool (admins decide).")
+    approval: bool | None = Field(None, description="A person approves each call before it runs.")
+
+
+class ShellSettings(_Section):
+    """The shell tool's sandbox."""
+
+    allow: list[str] = Field(
+        default_factory=list,
+        description="Allow-list mode: only these programs (empty: all but the denied ones).",
+    )
+    deny: list[str] = Field(
+        default_factory=list, description="Programs refused besides the built-in list."
+    )
+    timeout_seconds: float = Field(30.0, gt=0, le=3600, description="Wall-clock limit.")
+    cpu_seconds: int = Field(20, ge=1, description="CPU time limit of the command.")
+    memory_mb: int = Field(1024, ge=16, description="Address-space limit of the command.")
+    file_size_mb: int = Field(100, ge=1, description="Largest file the command may write.")
+    output_chars: int = Field(20_000, ge=100, description="Output kept for the agent.")
+
+
+class NetworkToolSettings(_Section):
+    """Tools that reach other machines."""
+
+    allow: list[str] = Field(
+        default_factory=list,
+        description="Hosts or CIDR networks reachable even though private (e.g. an intranet wiki).",
+    )
+    max_bytes: int = Field(2_000_000, ge=1024, description="Largest response read.")
+    timeout_seconds: float = Field(15.0, gt=0, le=300, description="Per request.")
+    max_redirects: int = Field(5, ge=0, le=20, description="Redirects followed.")
+
+
+class AgentSettings(_Section):
+    """Agents and their tools."""
+
+    workspace_root: Path | None = Field(
+        None,
+        description="Where each workspace's files live (tools are confined to its "
+        "folder). Default: <data_dir>/workspaces.",
+    )
+    tools: dict[str, ToolSettings] = Field(
+        default_factory=dict, description="Per-tool switches, by tool name."
+    )
+    shell: ShellSettings = Field(
+        default_factory=ShellSettings, description="The shell tool's sandbox."
+    )
+    network: NetworkToolSettings = Field(
+        default_factory=NetworkToolSettings, description="Tools that reach other machines."
+    )
+
+
 class LoggingSettings(_Section):
     """Structured logs."""
 
@@ -380,6 +439,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
+    agents: AgentSettings = Field(default_factory=AgentSettings)
     backends: dict[str, BackendSettings] = Field(
         default_factory=lambda: {"local": BackendSettings(type="embedded")},
         description="Named backends. Default: one embedded llama.cpp backend called 'local'.",
@@ -395,6 +455,10 @@ class Settings(BaseSettings):
             if not name or "/" in name or ":" in name:
                 raise ValueError(f"backend name {name!r} must be non-empty without '/' or ':'")
         return value
+
+    @property
+    def workspaces_dir(self) -> Path:
+        return self.agents.workspace_root or self.data_dir / "workspaces"
 
     @property
     def resolved_models_dir(self) -> Path:

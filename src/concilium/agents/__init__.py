@@ -1,0 +1,1 @@
+"""Agents: tools, their policy and sandbox, and the loop that uses them."""

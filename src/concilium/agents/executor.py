@@ -1,0 +1,146 @@
+"""Running one tool call: policy, argument validation, approval, time limit, audit.
+
+Every call ends in the hash-chained audit log, whatever happens to it: refused by the
+policy, waiting for approval, failed, timed out or done. Failures come back as text the
+agent can read (an observation), never as an exception out of the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import structlog
+from pydantic import ValidationError
+
+from concilium.agents.policy import PolicyDenied, ToolPolicy
+from concilium.agents.tools import Tool, ToolContext, ToolError, ToolRegistry
+from concilium.auth.audit import Actor, AuditLog
+from concilium.store.db import Database
+
+__all__ = ["ToolExecutor", "ToolOutcome"]
+
+log = structlog.get_logger(__name__)
+
+Status = Literal["ok", "error", "denied", "pending"]
+_ARGUMENTS_KEPT = 2000  # characters of the arguments kept in the audit entry
+_SUMMARY = 300
+
+
+@dataclass(frozen=True, slots=True)
+class ToolOutcome:
+    tool: str
+    status: Status
+    #: What the agent sees.
+    output: str
+    duration_ms: int
+    audit_seq: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+class ToolExecutor:
+    def __init__(
+        self, registry: ToolRegistry, policy: ToolPolicy, audit: AuditLog, db: Database
+    ) -> None:
+        self.registry = registry
+        self.policy = policy
+        self.audit = audit
+        self.db = db
+
+    def available(self, context: ToolContext) -> list[Tool]:
+        """The tools this caller may use (with or without approval)."""
+        return [t for t in self.registry if self.policy.decide(t, context).allowed]
+
+    async def execute(
+        self,
+        name: str,
+        arguments: dict[str, Any] | str,
+        context: ToolContext,
+        *,
+        approved: bool = False,
+    ) -> ToolOutcome:
+        started = time.monotonic()
+        shown = arguments if isinstance(arguments, str) else _dump(arguments)
+        tool = self.registry.get(name)
+        if tool is None:
+            return await self._record(
+                name, shown, "denied", f"no tool named {name!r}", started, context
+            )
+        decision = self.policy.decide(tool, context)
+        if not decision.allowed:
+            return await self._record(name, shown, "denied", decision.reason, started, context)
+        try:
+            raw = json.loads(arguments) if isinstance(arguments, str) else arguments
+            parsed = tool.Arguments.model_validate(raw)
+        except (ValueError, ValidationError) as exc:
+            message = f"invalid arguments for {name}: {_short(str(exc))}"
+            return await self._record(name, shown, "error", message, started, context)
+        if decision.approval and not approved:
+            return await self._record(
+                name, shown, "pending", f"{name} needs a person's approval", started, context
+            )
+        try:
+            async with asyncio.timeout(tool.timeout):
+                output = await tool.run(parsed, context)
+        except PolicyDenied as exc:
+            return await self._record(name, shown, "denied", f"refused: {exc}", started, context)
+        except ToolError as exc:
+            return await self._record(name, shown, "error", f"error: {exc}", started, context)
+        except TimeoutError:
+            message = f"error: {name} took longer than {tool.timeout:g}s"
+            return await self._record(name, shown, "error", message, started, context)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._record(name, shown, "error", "cancelled", started, context))
+            raise
+        except Exception as exc:  # a tool's bug is the agent's observation, and logged
+            log.exception("tool_crashed", tool=name)
+            message = f"error: {type(exc).__name__}: {_short(str(exc))}"
+            return await self._record(name, shown, "error", message, started, context)
+        return await self._record(name, shown, "ok", output, started, context)
+
+    async def _record(
+        self,
+        name: str,
+        arguments: str,
+        status: Status,
+        output: str,
+        started: float,
+        context: ToolContext,
+    ) -> ToolOutcome:
+        duration = int((time.monotonic() - started) * 1000)
+        outcome = {"ok": "success", "error": "failure", "denied": "denied", "pending": "pending"}
+        principal = context.principal
+        actor = principal.actor if principal is not None else Actor()
+        async with self.db.session() as s:
+            entry = await self.audit.append(
+                s,
+                "tool.execute",
+                actor=actor,
+                outcome=outcome[status],
+                target=name,
+                details={
+                    "arguments": arguments[:_ARGUMENTS_KEPT],
+                    "result": output[:_SUMMARY],
+                    "duration_ms": duration,
+                    "workspace_id": principal.workspace_id if principal else None,
+                },
+            )
+        log.info("tool_executed", tool=name, status=status, duration_ms=duration)
+        return ToolOutcome(name, status, output, duration, entry.seq)
+
+
+def _dump(arguments: dict[str, Any]) -> str:
+    try:
+        return json.dumps(arguments, ensure_ascii=False, sort_keys=True)
+    except (TypeError, ValueError):
+        return repr(arguments)
+
+
+def _short(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"

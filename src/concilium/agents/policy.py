@@ -1,0 +1,382 @@
+"""What tools may do: one module, default deny.
+
+- ``ToolPolicy`` decides whether a caller may use a tool at all and whether a person must
+  approve the call first (read-only tools are on; anything that writes, reaches the
+  network or runs code is off until an administrator enables it).
+- ``check_command`` reads a shell command the way the shell will (``shlex``, operators,
+  pipelines, redirections, quoting) and refuses dangerous programs and patterns.
+- ``confine`` resolves a path, symlinks included, and refuses anything outside the
+  workspace or that is not a regular file or directory.
+- ``check_url`` resolves a URL's host and refuses loopback, private, link-local,
+  metadata and other non-public addresses (SSRF) unless allow-listed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import re
+import shlex
+import socket
+import stat
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
+
+from concilium.agents.tools import Risk, Tool, ToolContext
+from concilium.config import AgentSettings
+
+__all__ = [
+    "Decision",
+    "PolicyDenied",
+    "ToolPolicy",
+    "check_command",
+    "check_url",
+    "confine",
+]
+
+
+class PolicyDenied(Exception):
+    """The policy refused an action; the message says why (shown to the agent)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    approval: bool = False
+    reason: str = ""
+
+
+class ToolPolicy:
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+
+    def decide(self, tool: Tool, context: ToolContext) -> Decision:
+        configured = self.settings.tools.get(tool.name)
+        enabled = configured.enabled if configured and configured.enabled is not None else None
+        if enabled is None:
+            enabled = tool.risk == Risk.READ
+        if not enabled:
+            return Decision(False, reason=f"the tool {tool.name!r} is not enabled")
+        missing = sorted(tool.scopes - context.scopes)
+        if missing:
+            return Decision(False, reason=f"{tool.name!r} needs the scope(s) {', '.join(missing)}")
+        approval = configured.approval if configured and configured.approval is not None else None
+        if approval is None:
+            approval = tool.risk == Risk.EXECUTE
+        return Decision(True, approval=approval)
+
+
+# -- paths ----------------------------------------------------------------------------------
+
+
+def confine(root: Path, path: str, *, must_exist: bool = False) -> Path:
+    """``path`` (relative to ``root``, or absolute inside it) resolved with its symlinks;
+    refused when it leads outside ``root`` or to a device, pipe or socket."""
+    if "\x00" in path:
+        raise PolicyDenied("a path cannot contain NUL")
+    if path.startswith("~"):
+        raise PolicyDenied(f"{path!r} is outside the workspace")
+    base = root.resolve()
+    given = Path(path)
+    candidate = given if given.is_absolute() else base / given
+    resolved = candidate.resolve(strict=False)
+    if not resolved.is_relative_to(base):
+        raise PolicyDenied(f"{path!r} is outside the workspace")
+    try:
+        mode = resolved.lstat().st_mode
+    except FileNotFoundError:
+        if must_exist:
+            raise PolicyDenied(f"{path!r} does not exist") from None
+        return resolved
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise PolicyDenied(f"{path!r} is not a regular file or directory")
+    return resolved
+
+
+# -- shell ----------------------------------------------------------------------------------
+
+# fmt: off
+#: Programs never run from the shell tool, whatever their arguments.
+DENIED_PROGRAMS = frozenset(
+    {
+        # privilege and identity
+        "sudo", "su", "doas", "pkexec", "passwd", "chpasswd", "useradd", "userdel",
+        "usermod", "groupadd", "groupdel", "visudo", "chroot", "nsenter", "unshare",
+        "setcap", "capsh",
+        # disks and file systems
+        "mkfs", "mke2fs", "mkswap", "fdisk", "sfdisk", "cfdisk", "parted", "gdisk",
+        "wipefs", "shred", "mount", "umount", "swapon", "swapoff", "losetup", "cryptsetup",
+        "debugfs", "tune2fs", "blkdiscard",
+        # the machine
+        "shutdown", "reboot", "halt", "poweroff", "init", "telinit", "systemctl",
+        "service", "killall", "pkill", "insmod", "rmmod", "modprobe", "sysctl",
+        "iptables", "ip6tables", "nft", "ufw", "crontab", "at", "batch",
+        # raw network and remote shells (the HTTP and SSH tools are the guarded way)
+        "nc", "ncat", "netcat", "socat", "telnet", "ssh", "scp", "sftp", "ftp", "rsh",
+        "rlogin", "tftp", "nmap", "tcpdump",
+        # evaluation of strings and the shell's own escape hatches
+        "eval", "exec", "source", ".", "alias", "trap", "enable", "builtin",
+        # containers (the Docker tool is the guarded way)
+        "docker", "podman", "kubectl", "ctr", "nerdctl",
+        # history and persistence
+        "history", "chattr", "setfacl",
+    }
+)
+#: Shells and interpreters: fine to run a file of the workspace, refused with inline code
+#: (``-c``/``-e``) or when fed from a pipe.
+INTERPRETERS = frozenset(
+    {
+        "sh", "bash", "dash", "zsh", "ksh", "csh", "tcsh", "fish", "python", "python3",
+        "perl", "ruby", "node", "nodejs", "php", "lua", "tclsh",
+    }
+)
+_INLINE_FLAGS = frozenset({"-c", "-e", "-E", "-r", "--eval", "--command", "-exec"})
+DOWNLOADERS = frozenset({"curl", "wget", "fetch", "aria2c", "lwp-request", "http"})
+#: Commands that run their arguments as another command.
+WRAPPERS = frozenset(
+    {"env", "nice", "nohup", "time", "command", "timeout", "stdbuf", "ionice", "xargs",
+     "watch", "setsid", "flock", "chrt", "taskset"}
+)
+# fmt: on
+_SECRETS = re.compile(
+    r"(^|/)(\.ssh|\.gnupg|\.aws|\.kube|\.docker|\.netrc|\.pgpass|\.git-credentials|"
+    r"id_rsa|id_dsa|id_ecdsa|id_ed25519|shadow|gshadow|sudoers|\.bash_history|"
+    r"\.zsh_history|\.env|credentials|authorized_keys|known_hosts)($|/|\b)"
+)
+_FORK_BOMB = re.compile(r"(\w+|:)\s*\(\s*\)\s*\{[^}]*\1\s*\|\s*\1\s*&")
+_OPERATORS = {";", "&&", "||", "|", "&", "\n", "|&", ";;", "(", ")"}
+_REDIRECTS = {">", ">>", "<", "<<", "<<<", ">&", "<&", "&>", "&>>", ">|", "<>"}
+_SAFE_ABSOLUTE = frozenset({"/dev/null", "/dev/stdin", "/dev/stdout", "/dev/stderr"})
+_RM_DANGEROUS = frozenset({"/", "/*", "~", "~/", "~/*", ".", "..", "./", "../", "*/.."})
+
+
+def _expansions(command: str) -> str | None:
+    """Why the command expands something we cannot see statically, if it does."""
+    quote = ""
+    i = 0
+    while i < len(command):
+        c = command[i]
+        if quote == "'":
+            quote = "" if c == "'" else quote
+        elif c == "\\":
+            i += 1
+        elif c == "'" and not quote:
+            quote = "'"
+        elif c == '"':
+            quote = "" if quote == '"' else '"'
+        elif c == "`":
+            return "command substitution (backquotes)"
+        elif c == "$" and i + 1 < len(command):
+            nxt = command[i + 1]
+            if nxt == "(":
+                return "command substitution $(…)"
+            if nxt == "{" or nxt.isalpha() or nxt == "_" or nxt.isdigit() or nxt in "@*#?$!":
+                return "variable expansion ($…): write the value itself"
+        elif c in "<>" and i + 1 < len(command) and command[i + 1] == "(" and not quote:
+            return "process substitution"
+        i += 1
+    if quote:
+        return "an unterminated quote"
+    return None
+
+
+def _split(tokens: Sequence[str]) -> list[tuple[list[str], str]]:
+    """Simple commands with the operator that follows each."""
+    out: list[tuple[list[str], str]] = []
+    current: list[str] = []
+    for token in tokens:
+        if token in _OPERATORS:
+            out.append((current, token))
+            current = []
+        else:
+            current.append(token)
+    out.append((current, ""))
+    return [(words, op) for words, op in out if words or op in ("|", "|&")]
+
+
+def _outside(root: Path, word: str) -> bool:
+    if word in _SAFE_ABSOLUTE:
+        return False
+    if word.startswith("~"):
+        return True
+    try:
+        confine(root, word)
+    except PolicyDenied:
+        return True
+    return False
+
+
+def _program(words: list[str]) -> tuple[str, list[str]]:
+    """The program a simple command runs (wrappers and assignments skipped) and its
+    arguments."""
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", word):  # VAR=value prefix
+            i += 1
+            continue
+        name = PurePosixPath(word).name
+        if name in WRAPPERS:
+            i += 1
+            while i < len(words) and (words[i].startswith("-") or words[i][:1].isdigit()):
+                i += 1  # the wrapper's own options and durations ("timeout 5")
+            continue
+        return name, words[i + 1 :]
+    return "", []
+
+
+def check_command(
+    command: str,
+    root: Path,
+    *,
+    allow: Iterable[str] = (),
+    deny: Iterable[str] = (),
+) -> None:
+    """Raise ``PolicyDenied`` unless ``command`` is safe to run in ``root``."""
+    if not command.strip():
+        raise PolicyDenied("empty command")
+    if "\x00" in command or len(command) > 10_000:
+        raise PolicyDenied("the command is not plain text of a sane length")
+    if _FORK_BOMB.search(command):
+        raise PolicyDenied("a fork bomb")
+    lowered = command.lower()
+    if "/dev/tcp/" in lowered or "/dev/udp/" in lowered:
+        raise PolicyDenied("a network connection through /dev/tcp (reverse shell)")
+    why = _expansions(command)
+    if why:
+        raise PolicyDenied(f"{why} is not allowed")
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=";&|()<>")
+    lexer.whitespace_split = True
+    lexer.commenters = ""
+    try:
+        tokens = list(lexer)
+    except ValueError as exc:
+        raise PolicyDenied(f"the command cannot be parsed: {exc}") from None
+    allowed = frozenset(allow)
+    denied = DENIED_PROGRAMS | frozenset(deny)
+    commands = _split(tokens)
+    previous_op = ""
+    previous_program = ""
+    for words, op in commands:
+        # Redirections: the target must stay in the workspace.
+        clean: list[str] = []
+        i = 0
+        while i < len(words):
+            word = words[i]
+            if word in _REDIRECTS or re.fullmatch(r"\d?[<>]{1,2}&?", word):
+                target = words[i + 1] if i + 1 < len(words) else ""
+                if target and not target.isdigit() and target != "-" and _outside(root, target):
+                    raise PolicyDenied(f"redirection to {target!r}, outside the workspace")
+                i += 2
+                continue
+            clean.append(word)
+            i += 1
+        program, args = _program(clean)
+        if not program:
+            previous_op = op
+            continue
+        if allowed and program not in allowed:
+            raise PolicyDenied(f"{program!r} is not in the allowed commands")
+        if program in denied or program.startswith("mkfs."):
+            raise PolicyDenied(f"{program!r} is not allowed")
+        if program in INTERPRETERS or program.startswith("python"):
+            if any(a in _INLINE_FLAGS or a.startswith("-c") for a in args):
+                raise PolicyDenied(f"inline code for {program!r}: use the python tool")
+            if previous_op in ("|", "|&") and not args:
+                source = f" from {previous_program!r}" if previous_program else ""
+                raise PolicyDenied(f"piping into {program!r}{source} runs unseen code")
+        if program in DOWNLOADERS:
+            raise PolicyDenied(f"{program!r} downloads: use the http_fetch tool")
+        if program == "find" and any(a in ("-exec", "-execdir", "-ok", "-delete") for a in args):
+            raise PolicyDenied("find with -exec/-delete: run the command itself")
+        if program == "dd" and any(a.startswith(("of=", "if=/dev")) for a in args):
+            raise PolicyDenied("dd writing to a file or reading a device")
+        if program == "rm" and (
+            "--no-preserve-root" in args or any(a in _RM_DANGEROUS for a in args)
+        ):
+            raise PolicyDenied("rm of the root, the home directory or a parent")
+        if program in ("chmod", "chown", "chgrp") and any(
+            a in ("/", "-R", "--recursive") and _outside(root, args[-1]) for a in args
+        ):
+            raise PolicyDenied(f"{program} outside the workspace")
+        if program in ("kill",) and any(a in ("1", "-1", "0") for a in args):
+            raise PolicyDenied("killing init or every process")
+        if program == "git" and args[:1] == ["config"] and "--global" in args:
+            raise PolicyDenied("git config --global changes the machine's settings")
+        for arg in args:
+            if _SECRETS.search(arg):
+                raise PolicyDenied(f"{arg!r} looks like a credential file")
+            value = arg.split("=", 1)[1] if "=" in arg and not arg.startswith("/") else arg
+            if not value or value.startswith("-"):
+                continue
+            # Anything that names a path, symlinks of the workspace included, must stay in.
+            suspicious = (
+                value.startswith(("/", "~"))
+                or "/" in value
+                or ".." in PurePosixPath(value).parts
+                or (root / value).is_symlink()
+            )
+            if suspicious and _outside(root, value):
+                raise PolicyDenied(f"{arg!r} is outside the workspace")
+        previous_op, previous_program = op, program
+
+
+# -- network --------------------------------------------------------------------------------
+
+_METADATA = frozenset(
+    ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")
+)
+
+
+def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return not (
+        address in _METADATA
+        or address.is_private
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_multicast
+        or address.is_reserved
+        or address.is_unspecified
+        or (isinstance(address, ipaddress.IPv4Address) and address in _SHARED)
+        or not address.is_global
+    )
+
+
+_SHARED = ipaddress.ip_network("100.64.0.0/10")
+
+
+async def check_url(url: str, allow: Iterable[str] = ()) -> tuple[str, int, list[str]]:
+    """(host, port, addresses to connect to) for a URL the network tools may fetch."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise PolicyDenied(f"not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise PolicyDenied("only http and https URLs")
+    if parts.username or parts.password:
+        raise PolicyDenied("URLs with credentials are refused")
+    host = (parts.hostname or "").rstrip(".").lower()
+    if not host:
+        raise PolicyDenied("the URL has no host")
+    port = port or (443 if parts.scheme == "https" else 80)
+    allowed_hosts = {a.lower() for a in allow if "/" not in a}
+    networks = [ipaddress.ip_network(a, strict=False) for a in allow if "/" in a]
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise PolicyDenied(f"{host} does not resolve: {exc}") from None
+    addresses = sorted({str(info[4][0]) for info in infos})
+    if host in allowed_hosts:
+        return host, port, addresses
+    for text in addresses:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+        if any(address in n for n in networks):
+            continue
+        if not _public(address):
+            raise PolicyDenied(f"{host} resolves to {text}, which is not a public address")
+    return host, port, addresses
