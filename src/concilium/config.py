@@ -393,6 +393,12 @@ class AgentSettings(_Section):
         description="Where each workspace's files live (tools are confined to its "
         "folder). Default: <data_dir>/workspaces.",
     )
+    max_iterations: int = Field(15, ge=1, le=100, description="Tool calls per answer, at most.")
+    max_seconds: float = Field(300.0, gt=0, description="Wall-clock budget of one answer.")
+    max_tokens: int = Field(
+        30_000, ge=1000, description="Model tokens (prompt + output) one answer may spend."
+    )
+    step_tokens: int = Field(512, ge=64, le=8192, description="Output tokens of one step.")
     tools: dict[str, ToolSettings] = Field(
         default_factory=dict, description="Per-tool switches, by tool name."
     )

@@ -19,7 +19,10 @@ __all__ = [
     "EventStream",
     "MessageStarted",
     "Sources",
+    "Thought",
     "Token",
+    "ToolCall",
+    "ToolResult",
     "Usage",
     "event_to_dict",
 ]
@@ -83,6 +86,39 @@ class Sources:
 
 
 @dataclass(frozen=True, slots=True)
+class Thought:
+    """An agent's reasoning before it acts."""
+
+    type: ClassVar[str] = "thought"
+    text: str
+    step: int
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """An agent calls a tool (``arguments`` as the model gave them)."""
+
+    type: ClassVar[str] = "tool_call"
+    id: str
+    tool: str
+    arguments: dict[str, Any]
+    step: int
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """What a tool call gave back. ``status``: ok, error, denied, pending (approval)."""
+
+    type: ClassVar[str] = "tool_result"
+    id: str
+    tool: str
+    status: str
+    output: str
+    duration_ms: int
+    audit_seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorEvent:
     """The answer failed; the stream ends after this event."""
 
@@ -101,7 +137,18 @@ class Done:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-Event = Token | Usage | BackendSelected | MessageStarted | Sources | ErrorEvent | Done
+Event = (
+    Token
+    | Usage
+    | BackendSelected
+    | MessageStarted
+    | Sources
+    | Thought
+    | ToolCall
+    | ToolResult
+    | ErrorEvent
+    | Done
+)
 EventStream = AsyncIterator[Event]
 
 

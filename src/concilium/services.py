@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from concilium.agents.executor import ToolExecutor, build_tools
 from concilium.auth.audit import AuditLog
 from concilium.auth.quotas import UsageMeter
 from concilium.auth.ratelimit import RateLimiter
@@ -28,6 +29,7 @@ from concilium.llm.cache import ResponseCache
 from concilium.llm.registry import build_backends
 from concilium.llm.router import Router
 from concilium.observability.metrics import Metrics
+from concilium.orchestrator.agent import AgentMode
 from concilium.orchestrator.engine import Orchestrator
 from concilium.orchestrator.rag import RagMode
 from concilium.store.db import Database
@@ -54,6 +56,7 @@ class Services:
     limiter: RateLimiter
     meter: UsageMeter
     knowledge: KnowledgeService
+    tools: ToolExecutor
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -74,6 +77,8 @@ class Services:
             settings, db, workspaces, EmbedderRegistry(settings), RerankerRegistry(settings, router)
         )
         orchestrator.register_mode(RagMode(settings, router, knowledge))
+        tools = build_tools(settings, audit, db)
+        orchestrator.register_mode(AgentMode(settings, router, tools, {"knowledge": knowledge}))
         return cls(
             settings=settings,
             db=db,
@@ -89,6 +94,7 @@ class Services:
             limiter=RateLimiter(settings.limits),
             meter=meter,
             knowledge=knowledge,
+            tools=tools,
         )
 
     async def start(self, *, serving: bool = False) -> None:

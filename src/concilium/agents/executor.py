@@ -19,9 +19,10 @@ from pydantic import ValidationError
 from concilium.agents.policy import PolicyDenied, ToolPolicy
 from concilium.agents.tools import Tool, ToolContext, ToolError, ToolRegistry
 from concilium.auth.audit import Actor, AuditLog
+from concilium.config import Settings
 from concilium.store.db import Database
 
-__all__ = ["ToolExecutor", "ToolOutcome"]
+__all__ = ["ToolExecutor", "ToolOutcome", "build_tools"]
 
 log = structlog.get_logger(__name__)
 
@@ -144,3 +145,14 @@ def _dump(arguments: dict[str, Any]) -> str:
 
 def _short(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def build_tools(settings: Settings, audit: AuditLog, db: Database) -> ToolExecutor:
+    """The built-in tools and the installed plugins, under the configured policy."""
+    from concilium.agents.builtin import builtin_tools
+
+    registry = ToolRegistry()
+    for item in builtin_tools(settings.agents.shell, settings.agents.network):
+        registry.register(item)
+    registry.load_entry_points()
+    return ToolExecutor(registry, ToolPolicy(settings.agents), audit, db)

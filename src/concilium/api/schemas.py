@@ -107,7 +107,7 @@ class GenerationFields(BaseModel):
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     response_format: ResponseFormatIn | None = None
-    mode: Literal["auto", "direct", "rag"] = "auto"
+    mode: Literal["auto", "direct", "rag", "agent"] = "auto"
     collections: (
         Annotated[list[Annotated[str, Field(min_length=1, max_length=100)]], Field(max_length=20)]
         | None

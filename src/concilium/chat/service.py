@@ -18,6 +18,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from concilium import errors
+from concilium.auth.principal import Principal
 from concilium.auth.quotas import Account
 from concilium.auth.workspaces import Workspaces
 from concilium.config import Settings
@@ -66,6 +67,8 @@ class TurnOptions:
     #: Ground the answer in these knowledge collections (mode "rag").
     collections: tuple[str, ...] = ()
     retrieval: dict[str, Any] | None = None
+    #: The caller, for agent tools (policy, audit, workspace).
+    principal: Principal | None = None
 
 
 class Generation:
@@ -405,6 +408,7 @@ class ChatService:
             account=account,
             collections=options.collections,
             retrieval=options.retrieval,
+            principal=options.principal,
         )
         prepared = await self.orchestrator.prepare(request)  # 4xx here rolls the turn back
         assistant = await repo.add_message(

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
+from concilium.auth.principal import Principal
 from concilium.auth.quotas import Account, UsageMeter
 from concilium.errors import ConciliumError, InvalidRequest
 from concilium.events import BackendSelected, ErrorEvent, Event, EventStream, Usage
@@ -44,6 +45,8 @@ class AnswerRequest:
     collections: tuple[str, ...] = ()
     #: Retrieval settings over the collection's own (k, mode, rerank, min_score…).
     retrieval: dict[str, Any] | None = None
+    #: Who asks, for the agent's tools (policy, audit, workspace); None: the operator.
+    principal: Principal | None = None
 
 
 #: ``rag:<collection>`` or ``rag:<collection>@<model>``: a grounded answer as a model id,

@@ -139,6 +139,7 @@ def _options(body: GenerationFields, principal: Principal) -> TurnOptions:
         use_cache=body.cache,
         collections=tuple(body.collections or ()),
         retrieval=body.retrieval.to_dict() if body.retrieval else None,
+        principal=principal,
     )
 
 
