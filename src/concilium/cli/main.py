@@ -646,6 +646,11 @@ def _register_knowledge() -> None:
     app.add_typer(knowledge.collections_app, name="collections")
     app.add_typer(knowledge.eval_app, name="eval")
 
+    from concilium.cli import agents
+
+    app.command()(agents.agent)
+    app.add_typer(agents.tools_app, name="tools")
+
 
 _register_knowledge()
 
