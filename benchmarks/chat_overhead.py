@@ -18,7 +18,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import re
 import shutil
 import socket
@@ -39,6 +38,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from concilium.config import load_settings  # noqa: E402
 from concilium.llm import catalog  # noqa: E402
+from knowledge_common import machine  # noqa: E402
 
 PROMPTS = [
     "Explain in two sentences what a hash table is.",
@@ -294,24 +294,6 @@ def proxy_overhead(seconds: int, connections: int, chunks: int) -> dict[str, obj
         upstream.terminate()
         upstream.wait(timeout=10)
     return result
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        mem = next(
-            int(line.split()[1])
-            for line in Path("/proc/meminfo").read_text().splitlines()
-            if line.startswith("MemTotal")
-        )
-        memory = f"{mem / 1024 / 1024:.0f} GiB"
-    except (OSError, StopIteration):
-        memory = "?"
-    return f"{cpu}, {os.cpu_count()} cores, {memory} RAM, Python {platform.python_version()}"
 
 
 def markdown(streaming: list[dict[str, object]], load: dict[str, object] | None) -> str:

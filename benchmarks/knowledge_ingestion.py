@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -29,9 +30,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from concilium.config import Settings, load_settings
-from knowledge_common import MiB, measured_line, peak_rss_bytes, rss_bytes, write_section
+from knowledge_common import REPO, MiB, measured_line, peak_rss_bytes, rss_bytes, write_section
 
-CORPUS = Path("/work/shared/eval/cranfield-dev")
+#: The evaluation sets live beside the repository unless CONCILIUM_EVAL_DIR says where.
+CORPUS = (
+    Path(os.environ.get("CONCILIUM_EVAL_DIR", REPO.parent / "shared" / "eval")) / "cranfield-dev"
+)
 
 
 def write_files(corpus: Path, folder: Path, limit: int, per_file: int) -> tuple[int, int]:

@@ -14,7 +14,7 @@ sets, in one run.
 Metrics (BEIR conventions, ``score_rankings``): nDCG@10, Recall@100, MRR@10.
 
 Usage: ``python benchmarks/knowledge_quality.py [--datasets cranfield-dev,fr-dev]
-[--eval-dir /work/shared/eval] [--write]``.
+[--eval-dir DIR] [--write]``.
 """
 
 from __future__ import annotations
@@ -37,9 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from concilium.config import Settings, load_settings
 from concilium.knowledge.evaluation import Dataset, evaluate, load_dataset, score_rankings
-from knowledge_common import measured_line, write_section
+from knowledge_common import REPO, measured_line, write_section
 
-EVAL_DIR = Path(os.environ.get("CONCILIUM_EVAL_DIR", "/work/shared/eval"))
+#: The evaluation sets live beside the repository unless CONCILIUM_EVAL_DIR says where.
+EVAL_DIR = Path(os.environ.get("CONCILIUM_EVAL_DIR", REPO.parent / "shared" / "eval"))
 DEPTH = 100  # results per query: what Recall@100 needs
 
 #: name -> (dataset folder, split, bm25s stop words)

@@ -226,7 +226,7 @@ async def test_a_killed_engine_ends_the_answer_with_an_error_and_comes_back(
         "local/../../x.gguf",
         "local/~nosuchuser/a.gguf",
         "local/" + "a" * 300 + ".gguf",
-        "/root/" + "b" * 300 + ".gguf",
+        "/srv/" + "b" * 300 + ".gguf",
         "~nosuchuser/a.gguf",
     ],
 )
