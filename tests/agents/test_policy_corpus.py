@@ -290,7 +290,9 @@ async def executor(database: Database, tmp_path: Path) -> tuple[ToolExecutor, Au
     settings = Settings(
         data_dir=tmp_path / "data",
         agents={
-            "tools": {n: {"enabled": True, "approval": False} for n in ("shell", "write_file")}
+            "tools": {
+                n: {"enabled": True, "approval": False} for n in ("shell", "python", "write_file")
+            }
             | {"http_fetch": {"enabled": True}},
             "network": {"allow": ["allowed.test"], "timeout_seconds": 5},
             "shell": {"timeout_seconds": 3},
@@ -517,3 +519,75 @@ async def test_bad_arguments_and_limits_are_observations(
     slow = await tools.execute("shell", {"command": "sleep 60"}, context)
     assert slow.status == "error"
     assert "longer than 3s" in slow.output
+
+
+PYTHON_BENIGN = [
+    ("print(sum(range(10)))", "45"),
+    ("import json, math; print(json.dumps({'pi': round(math.pi, 2)}))", '{"pi": 3.14}'),
+    ("open('made.txt', 'w').write('hi'); print(open('made.txt').read())", "hi"),
+    ("import csv; print(len(list(csv.reader(open('data.csv')))))", "3"),
+    ("import os; print(sorted(os.listdir('docs')))", "['readme.md']"),
+    ("import statistics; print(statistics.mean([2, 4, 9]))", "5"),
+]
+PYTHON_HOSTILE = [
+    "print(open('/etc/passwd').read())",
+    "print(open('../outside/sentinel.txt').read())",
+    "open('../outside/sentinel.txt', 'w').write('gone')",
+    "print(open('link_to_etc/passwd').read())",
+    "import os; print(os.listdir('/'))",
+    "import os; os.remove('../outside/sentinel.txt')",
+    "import socket; socket.create_connection(('127.0.0.1', 5432))",
+    "import subprocess; subprocess.run(['id'])",
+    "import os; os.system('id')",
+    "import os; os.execv('/bin/sh', ['sh'])",
+    "import ctypes",
+    "import os; os.kill(1, 9)",
+    "x = 'a' * (10 ** 10)",
+]
+
+
+async def test_python_snippets_run_confined(
+    executor: tuple[ToolExecutor, AuditLog], workspace: Path
+) -> None:
+    tools, _ = executor
+    context = ToolContext(principal=None, root=workspace)
+    for code, printed in PYTHON_BENIGN:
+        outcome = await tools.execute("python", {"code": code}, context, approved=True)
+        assert outcome.output == f"exit code 0\n{printed}\n", code
+    for code in PYTHON_HOSTILE:
+        outcome = await tools.execute("python", {"code": code}, context, approved=True)
+        assert outcome.output.startswith("exit code 1\n"), (code, outcome.output)
+        assert (
+            outcome.output.rstrip().endswith(
+                ("is outside the workspace'", "is not allowed in the sandbox", "MemoryError")
+            )
+            or "PermissionError" in outcome.output
+        ), (code, outcome.output)
+        assert "root:x:0:0" not in outcome.output
+    slow = await tools.execute("python", {"code": "while True: pass"}, context)
+    assert slow.status == "error"
+    assert "longer than 3s" in slow.output
+
+
+def test_the_api_lists_the_tools_a_caller_may_use(
+    fake_live: tuple[Any, Any],
+) -> None:
+    live, _ = fake_live
+    listed = live.http.get("/api/tools")
+    assert listed.status_code == 200, listed.text
+    tools = {t["name"]: t for t in listed.json()}
+    # This key has no knowledge scope: no knowledge search for its agent.
+    assert set(tools) == {
+        "calculator",
+        "current_time",
+        "disk_usage",
+        "list_files",
+        "read_file",
+        "search_files",
+    }
+    _, reader = live.login("admin", ["chat", "knowledge:read"])
+    assert "knowledge_search" in {t["name"] for t in reader.get("/api/tools").json()}
+    assert tools["calculator"]["risk"] == "read"
+    assert tools["calculator"]["approval"] is False
+    assert tools["calculator"]["parameters"]["required"] == ["expression"]
+    assert live.anonymous.get("/api/tools").status_code == 401

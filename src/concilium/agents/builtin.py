@@ -12,6 +12,7 @@ import os
 import resource
 import shutil
 import signal
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +29,14 @@ from concilium.agents.tools import Risk, Tool, ToolContext, ToolError, tool
 from concilium.auth.principal import Scope
 from concilium.config import NetworkToolSettings, ShellSettings
 
-__all__ = ["HttpFetchTool", "PolicyDenied", "ShellTool", "builtin_tools", "evaluate"]
+__all__ = [
+    "HttpFetchTool",
+    "PolicyDenied",
+    "PythonTool",
+    "ShellTool",
+    "builtin_tools",
+    "evaluate",
+]
 
 _MAX_READ = 200_000  # characters of a file given to the agent
 _MAX_LIST = 500
@@ -323,15 +331,6 @@ class ShellTool(Tool):
         check_command(command, context.root, allow=self.settings.allow, deny=self.settings.deny)
         context.root.mkdir(parents=True, exist_ok=True)
         limits = self.settings
-
-        def restrict() -> None:  # in the child, before exec
-            resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds))
-            memory = limits.memory_mb * 1024 * 1024
-            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-            size = limits.file_size_mb * 1024 * 1024
-            resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
-            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
         environment = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "HOME": str(context.root.resolve()),
@@ -349,7 +348,7 @@ class ShellTool(Tool):
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            preexec_fn=restrict,
+            preexec_fn=_limits(limits),
             start_new_session=True,
         )
         try:
@@ -368,9 +367,125 @@ class ShellTool(Tool):
         return f"exit code {process.returncode}\n{text}"
 
 
+def _limits(limits: ShellSettings) -> Callable[[], None]:
+    """Resource limits for a child process, set between fork and exec."""
+
+    def restrict() -> None:
+        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds))
+        memory = limits.memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        size = limits.file_size_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    return restrict
+
+
 def _kill_group(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
+
+
+# -- python ---------------------------------------------------------------------------------
+
+#: Runs first in the snippet's interpreter (``-I``: no environment, no user site). An audit
+#: hook (PEP 578: it cannot be removed) refuses files outside the workspace (the standard
+#: library stays readable), sockets, subprocesses, signals and ctypes.
+_PYTHON_PRELUDE = """
+import os, sys
+_root = os.path.realpath(sys.argv[1])
+_library = tuple({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)})
+_writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+_denied = ("socket.", "subprocess.", "os.system", "os.exec", "os.posix_spawn", "os.fork",
+           "os.spawn", "os.kill", "os.killpg", "ctypes.", "os.chroot", "os.setuid",
+           "os.symlink", "os.link", "shutil.chown", "os.chown",
+           "sys.remote_exec", "sqlite3.enable_load_extension", "_posixsubprocess")
+def _inside(path):
+    real = os.path.realpath(os.fsdecode(path))
+    return real == _root or real.startswith(_root + os.sep), real
+def _hook(event, args, _open=open):
+    if event == "open" and args and not isinstance(args[0], int):
+        inside, real = _inside(args[0])
+        mode, flags = args[1], (args[2] if len(args) > 2 else 0) or 0
+        writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or flags & _writes
+        if not inside and real != os.devnull and (writing or not real.startswith(_library)):
+            raise PermissionError(f"{args[0]!r} is outside the workspace")
+    elif event in ("os.listdir", "os.scandir"):
+        target = args[0] if args and args[0] is not None else "."
+        if not isinstance(target, int):
+            inside, real = _inside(target)
+            if not inside and not real.startswith(_library):
+                raise PermissionError(f"{target!r} is outside the workspace")
+    elif event in ("os.chdir", "os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod",
+                   "shutil.rmtree", "os.truncate", "os.utime"):
+        target = args[0] if args and args[0] is not None else "."
+        if not isinstance(target, int) and not _inside(target)[0]:
+            raise PermissionError(f"{target!r} is outside the workspace")
+    elif event.startswith(_denied):
+        raise PermissionError(f"{event} is not allowed in the sandbox")
+sys.addaudithook(_hook)
+del _hook
+sys.argv = sys.argv[:1]
+_code = sys.stdin.read()
+sys.stdin = open(os.devnull)
+exec(compile(_code, "<snippet>", "exec"), {"__name__": "__main__"})
+"""
+
+
+class PythonArguments(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    code: str = Field(
+        min_length=1, max_length=100_000, description="Python 3 code; print what you need."
+    )
+
+
+class PythonTool(Tool):
+    name = "python"
+    description = (
+        "Run a Python 3 snippet (standard library only) in the workspace folder and return "
+        "what it prints; files outside the workspace, network and subprocesses are refused."
+    )
+    risk = Risk.EXECUTE
+    Arguments = PythonArguments
+
+    def __init__(self, settings: ShellSettings) -> None:
+        self.settings = settings
+        self.timeout = settings.timeout_seconds + 5
+
+    async def run(self, arguments: BaseModel, context: ToolContext) -> str:
+        code: str = getattr(arguments, "code")  # noqa: B009 - typed by Arguments
+        root = context.root.resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-I",
+            "-c",
+            _PYTHON_PRELUDE,
+            str(root),
+            cwd=root,
+            env={"LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8", "HOME": str(root)},
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            preexec_fn=_limits(self.settings),
+            start_new_session=True,
+        )
+        try:
+            async with asyncio.timeout(self.settings.timeout_seconds):
+                output, _ = await process.communicate(code.encode())
+        except TimeoutError:
+            _kill_group(process.pid)
+            await process.wait()
+            raise ToolError(
+                f"the snippet ran longer than {self.settings.timeout_seconds:g}s"
+            ) from None
+        except asyncio.CancelledError:
+            _kill_group(process.pid)
+            raise
+        text = output.decode("utf-8", errors="replace")
+        if len(text) > self.settings.output_chars:
+            text = text[: self.settings.output_chars] + "\n… (output cut)"
+        return f"exit code {process.returncode}\n{text}"
 
 
 # -- network --------------------------------------------------------------------------------
@@ -492,4 +607,4 @@ def builtin_tools(shell: ShellSettings, network: NetworkToolSettings) -> list[To
             knowledge_search,
         )
     ]
-    return [*made, ShellTool(shell), HttpFetchTool(network)]
+    return [*made, ShellTool(shell), PythonTool(shell), HttpFetchTool(network)]

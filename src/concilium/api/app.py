@@ -22,6 +22,7 @@ from concilium.api.routes import (
     health,
     knowledge,
     openai,
+    tools,
     workspaces,
     ws,
 )
@@ -62,6 +63,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         workspaces,
         conversations,
         knowledge,
+        tools,
         openai,
         admin,
         ws,
