@@ -227,3 +227,20 @@ async def test_the_local_model_picks_the_right_tool(make_settings: SettingsFacto
     assert any(isinstance(e, Thought) for e in events)
     answer = "".join(e.text for e in events if isinstance(e, Token))
     assert "7006652" in answer.replace(",", "").replace(" ", "")
+
+
+def test_the_agent_model_id_over_the_openai_api(fake_live: tuple[Any, FakeOpenAI]) -> None:
+    live, fake = fake_live
+    assert "agent" in {m["id"] for m in live.http.get("/v1/models").json()["data"]}
+    fake.push(
+        _step("calculator", arguments={"expression": "6 * 7"}),
+        _step("answer", answer="6 × 7 = 42"),
+    )
+    body = {"model": "agent", "messages": [{"role": "user", "content": "6 times 7?"}]}
+    answer = live.http.post("/v1/chat/completions", json=body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["message"]["content"] == "6 × 7 = 42"
+    observation = fake.requests[-1]["messages"][-1]["content"]
+    assert observation.startswith('<observation tool="calculator" status="ok">\n42\n')
+    unknown = live.http.post("/v1/chat/completions", json={**body, "model": "agent:nope"})
+    assert unknown.status_code == 404

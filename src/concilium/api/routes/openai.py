@@ -203,13 +203,19 @@ async def _prepare(
     collections = body.collections or []
     if collections or body.model.startswith(RAG_PREFIX):
         principal.require(Scope.KNOWLEDGE_READ)
+    model, mode = body.model, "auto"
+    if model == AGENT_MODEL or model.startswith(AGENT_MODEL + ":"):
+        # "agent" or "agent:<model>": Concilium's own agent, its tools under the policy.
+        model, mode = model.partition(":")[2].strip() or "default", "agent"
     return await orchestrator.prepare(
         AnswerRequest(
             messages=[m.to_domain() for m in body.messages],
-            model=body.model,
+            model=model,
             params=body.params(),
+            mode=mode,
             account=owner(principal),
             collections=tuple(collections),
+            principal=principal,
         )
     )
 
@@ -308,10 +314,12 @@ async def chat_completions(
 async def list_models(
     orchestrator: OrchestratorDep, principal: ChatPrincipal, services: ServicesDep
 ) -> ModelList:
-    """Models, then ``rag:<collection>`` for each collection the caller may search."""
+    """Models, ``agent`` (Concilium's agent), then ``rag:<collection>`` for each collection
+    the caller may search."""
     seen: dict[str, ModelCard] = {}
     for info in await orchestrator.router.list_models():
         seen.setdefault(info.id, ModelCard(id=info.id, owned_by=info.backend))
+    seen.setdefault(AGENT_MODEL, ModelCard(id=AGENT_MODEL, owned_by="agent"))
     if principal.allows(Scope.KNOWLEDGE_READ):
         for collection, _ in await services.knowledge.list_collections(principal):
             model = f"{RAG_PREFIX}{collection.name}"
@@ -319,6 +327,8 @@ async def list_models(
     return ModelList(data=list(seen.values()))
 
 
+#: ``agent`` or ``agent:<model>`` as a model id runs the agent mode.
+AGENT_MODEL = "agent"
 _EMBED_MAX_CHARS = 1_000_000  # about 250k tokens: a few seconds of CPU, not minutes
 
 
