@@ -234,12 +234,12 @@ def test_the_agent_model_id_over_the_openai_api(fake_live: tuple[Any, FakeOpenAI
     assert "agent" in {m["id"] for m in live.http.get("/v1/models").json()["data"]}
     fake.push(
         _step("calculator", arguments={"expression": "6 * 7"}),
-        _step("answer", answer="6 × 7 = 42"),
+        _step("answer", answer="6 x 7 = 42"),
     )
     body = {"model": "agent", "messages": [{"role": "user", "content": "6 times 7?"}]}
     answer = live.http.post("/v1/chat/completions", json=body)
     assert answer.status_code == 200, answer.text
-    assert answer.json()["choices"][0]["message"]["content"] == "6 × 7 = 42"
+    assert answer.json()["choices"][0]["message"]["content"] == "6 x 7 = 42"
     observation = fake.requests[-1]["messages"][-1]["content"]
     assert observation.startswith('<observation tool="calculator" status="ok">\n42\n')
     unknown = live.http.post("/v1/chat/completions", json={**body, "model": "agent:nope"})
