@@ -13,7 +13,7 @@ from rich.table import Table
 from concilium.cli.common import ConfigOption, err, quiet_logs, settings_for
 from concilium.config import Settings
 
-__all__ = ["agent", "tools_app"]
+__all__ = ["agent", "mcp", "tools_app"]
 
 tools_app = typer.Typer(help="Agent tools.", no_args_is_help=True)
 
@@ -104,3 +104,27 @@ def _short(value: Any, limit: int = 160) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def mcp(config: ConfigOption = None) -> None:
+    """Serve Concilium's tools over MCP on stdin/stdout (for an MCP client such as an IDE
+    or a desktop assistant), in the local workspace folder, under the policy."""
+    settings = settings_for(config)
+    quiet_logs(settings)
+    asyncio.run(_mcp(settings))
+
+
+async def _mcp(settings: Settings) -> None:
+    from mcp.server.stdio import stdio_server
+
+    from concilium.agents.mcp_server import build_mcp_server
+    from concilium.agents.tools import ToolContext
+    from concilium.services import running_services
+
+    async with running_services(settings) as services:
+        root = settings.workspaces_dir / "local"
+        root.mkdir(parents=True, exist_ok=True)
+        context = ToolContext(principal=None, root=root, services={"knowledge": services.knowledge})
+        server = build_mcp_server(services.tools, lambda: context)
+        async with stdio_server() as (read, write):
+            await server.run(read, write, server.create_initialization_options())

@@ -649,6 +649,7 @@ def _register_knowledge() -> None:
     from concilium.cli import agents
 
     app.command()(agents.agent)
+    app.command()(agents.mcp)
     app.add_typer(agents.tools_app, name="tools")
 
 
