@@ -11,12 +11,13 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from concilium.api.deps import (
     ChatPrincipal,
@@ -33,7 +34,15 @@ from concilium.chat.service import error_for
 from concilium.errors import InvalidRequest, ModelNotFound, PayloadTooLarge
 from concilium.events import BackendSelected, Done, ErrorEvent, Event, Sources, Token, Usage
 from concilium.knowledge.chunking import count_tokens
-from concilium.llm.base import ChatMessage, GenerationParams
+from concilium.llm.base import ChatMessage, GenerationParams, ResponseFormat
+from concilium.orchestrator.client_tools import (
+    chosen,
+    client_tools,
+    parse_reply,
+    render_call,
+    reply_schema,
+    tools_prompt,
+)
 from concilium.orchestrator.engine import RAG_PREFIX, AnswerRequest, Orchestrator, PreparedAnswer
 
 __all__ = ["router"]
@@ -50,11 +59,24 @@ class ContentPart(BaseModel):
 
 class OpenAIMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: SafeText | list[ContentPart] | None = None
     name: str | None = None
+    tool_call_id: Annotated[str, Field(max_length=200)] | None = None
+    tool_calls: Annotated[list[dict[str, Any]], Field(max_length=128)] | None = None
 
     def to_domain(self) -> ChatMessage:
+        message = self._text()
+        if self.role == "tool":  # a client tool's result, as data for the model
+            ident = json.dumps(self.tool_call_id or "")
+            return ChatMessage(
+                "user", f"<tool_result id={ident}>\n{message.content}\n</tool_result>"
+            )
+        if self.role == "assistant" and self.tool_calls:
+            return ChatMessage("assistant", render_call(self.tool_calls))
+        return message
+
+    def _text(self) -> ChatMessage:
         if isinstance(self.content, list):
             unsupported = sorted({p.type for p in self.content if p.type != "text"})
             if unsupported:
@@ -65,7 +87,7 @@ class OpenAIMessage(BaseModel):
         else:
             text = self.content or ""
         role = "system" if self.role == "developer" else self.role
-        return ChatMessage(role, text)
+        return ChatMessage("user" if role == "tool" else role, text)
 
 
 class StreamOptions(BaseModel):
@@ -90,18 +112,13 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: Annotated[int, Field(ge=1, le=1)] = 1
-    tools: list[dict[str, Any]] | None = None
+    tools: Annotated[list[dict[str, Any]], Field(max_length=128)] | None = None
+    tool_choice: str | dict[str, Any] | None = None
     #: Not OpenAI's: ground the answer in these collections (like model "rag:<name>").
     collections: (
         Annotated[list[Annotated[str, Field(min_length=1, max_length=100)]], Field(max_length=20)]
         | None
     ) = None
-
-    @model_validator(mode="after")
-    def _supported(self) -> ChatCompletionRequest:
-        if self.tools:
-            raise ValueError("tools are not supported by this server yet")
-        return self
 
     def params(self) -> GenerationParams:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
@@ -159,7 +176,7 @@ class _Completion:
             tail += ',"sources":' + json.dumps(sources, ensure_ascii=False)
         return f"data: {self._prefix}{choices}{tail}}}\n\n".encode()
 
-    def delta(self, delta: dict[str, str], finish: str | None = None) -> bytes:
+    def delta(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         return self.chunk("[" + json.dumps(choice, ensure_ascii=False, separators=_COMPACT) + "]")
 
@@ -198,8 +215,12 @@ def _finish_reason(reason: str) -> str:
 
 
 async def _prepare(
-    orchestrator: Orchestrator, body: ChatCompletionRequest, principal: Principal
+    orchestrator: Orchestrator,
+    body: ChatCompletionRequest,
+    principal: Principal,
+    tools: tuple[str, dict[str, Any]] | None = None,
 ) -> PreparedAnswer:
+    """``tools``: (instructions, reply schema) when the client's functions are offered."""
     collections = body.collections or []
     if collections or body.model.startswith(RAG_PREFIX):
         principal.require(Scope.KNOWLEDGE_READ)
@@ -207,11 +228,19 @@ async def _prepare(
     if model == AGENT_MODEL or model.startswith(AGENT_MODEL + ":"):
         # "agent" or "agent:<model>": Concilium's own agent, its tools under the policy.
         model, mode = model.partition(":")[2].strip() or "default", "agent"
+    messages = [m.to_domain() for m in body.messages]
+    params = body.params()
+    if tools is not None:
+        if mode == "agent":
+            raise InvalidRequest("the agent model uses its own tools", param="tools")
+        instructions, schema = tools
+        messages = [ChatMessage("system", instructions), *messages]
+        params = replace(params, response_format=ResponseFormat("json_schema", schema, "reply"))
     return await orchestrator.prepare(
         AnswerRequest(
-            messages=[m.to_domain() for m in body.messages],
+            messages=messages,
             model=model,
-            params=body.params(),
+            params=params,
             mode=mode,
             account=owner(principal),
             collections=tuple(collections),
@@ -289,7 +318,10 @@ async def chat_completions(
     orchestrator: OrchestratorDep,
     principal: ChatPrincipal,
 ) -> dict[str, Any] | StreamingResponse:
-    """OpenAI Chat Completions, streamed (SSE) or not."""
+    """OpenAI Chat Completions, streamed (SSE) or not; ``tools`` are answered with
+    ``tool_calls`` by every backend (the reply is held to a JSON schema)."""
+    if body.tools and body.tool_choice != "none":
+        return await _with_tools(body, request, orchestrator, principal)
     prepared = await _prepare(orchestrator, body, principal)
     completion = _Completion(body.model)
     events = orchestrator.stream(prepared)
@@ -308,6 +340,68 @@ async def chat_completions(
         _stream(events, head, completion, include_usage),
         events.aclose,  # type: ignore[attr-defined]
     )
+
+
+async def _with_tools(
+    body: ChatCompletionRequest,
+    request: Request,
+    orchestrator: Orchestrator,
+    principal: Principal,
+) -> dict[str, Any] | StreamingResponse:
+    offered = client_tools(body.tools or [])
+    allowed, required = chosen(offered, body.tool_choice)
+    prepared = await _prepare(
+        orchestrator,
+        body,
+        principal,
+        (tools_prompt(allowed, required), reply_schema(allowed, required)),
+    )
+    completion = _Completion(body.model)
+
+    async def collect() -> tuple[str, Usage | None]:
+        parts: list[str] = []
+        usage: Usage | None = None
+        async for event in orchestrator.stream(prepared):
+            if isinstance(event, Token):
+                parts.append(event.text)
+            elif isinstance(event, Usage):
+                usage = event
+            elif isinstance(event, ErrorEvent):
+                raise error_for(event)
+        return "".join(parts), usage
+
+    # The whole reply is needed to know whether it calls tools: streamed clients get it
+    # as deltas once it is parsed.
+    text, usage = await until_disconnect(request, collect())
+    reply = parse_reply(text, allowed)
+    finish = "tool_calls" if reply.tool_calls else "stop"
+    if not body.stream:
+        full = completion.full(reply.content or "", finish, usage)
+        message = full["choices"][0]["message"]
+        message["content"] = reply.content
+        if reply.tool_calls:
+            message["tool_calls"] = reply.tool_calls
+        return full
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    async def frames() -> AsyncIterator[bytes]:
+        yield completion.delta({"role": "assistant", "content": None})
+        if reply.content:
+            yield completion.text(reply.content)
+        for index, call in enumerate(reply.tool_calls):
+            head = {**call, "index": index, "function": {**call["function"], "arguments": ""}}
+            yield completion.delta({"tool_calls": [head]})
+            arguments = {"index": index, "function": {"arguments": call["function"]["arguments"]}}
+            yield completion.delta({"tool_calls": [arguments]})
+        yield completion.delta({}, finish)
+        if include_usage and usage is not None:
+            yield completion.chunk("[]", _usage(usage))
+        yield b"data: [DONE]\n\n"
+
+    async def nothing() -> None:
+        return None
+
+    return sse_response(frames(), nothing)
 
 
 @router.get("/models", response_model=ModelList)
