@@ -402,6 +402,11 @@ class AgentSettings(_Section):
     tools: dict[str, ToolSettings] = Field(
         default_factory=dict, description="Per-tool switches, by tool name."
     )
+    docker_socket: Path | None = Field(
+        None,
+        description="Docker Engine API socket (e.g. /var/run/docker.sock): enables the "
+        "docker tools (list, inspect, logs; restart needs enabling).",
+    )
     shell: ShellSettings = Field(
         default_factory=ShellSettings, description="The shell tool's sandbox."
     )

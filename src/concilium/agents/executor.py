@@ -154,5 +154,10 @@ def build_tools(settings: Settings, audit: AuditLog, db: Database) -> ToolExecut
     registry = ToolRegistry()
     for item in builtin_tools(settings.agents.shell, settings.agents.network):
         registry.register(item)
+    if settings.agents.docker_socket is not None:
+        from concilium.agents.docker import docker_tools
+
+        for item in docker_tools(settings.agents.docker_socket):
+            registry.register(item)
     registry.load_entry_points()
     return ToolExecutor(registry, ToolPolicy(settings.agents), audit, db)
