@@ -6,7 +6,7 @@ PY := $(BIN)/python
 DEFAULT_MODEL ?= qwen2.5-coder-1.5b
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint bench services system-deps clean
+.PHONY: install run test lint bench services system-deps test-deps clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
@@ -38,8 +38,13 @@ system-deps:
 	  (apt-get install -y tesseract-ocr tesseract-ocr-eng tesseract-ocr-fra || \
 	   (apt-get update && apt-get install -y tesseract-ocr tesseract-ocr-eng tesseract-ocr-fra))
 
+# The ssh tool's test starts its own OpenSSH server on a loopback port.
+test-deps:
+	@test -x /usr/sbin/sshd || (DEBIAN_FRONTEND=noninteractive apt-get install -y openssh-server || \
+	  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y openssh-server))
+
 # The acceptance test of grounded answers runs the default model.
-test: install system-deps $(VENV)/.test-model services
+test: install system-deps test-deps $(VENV)/.test-model services
 	$(BIN)/concilium models pull $(DEFAULT_MODEL) --models-dir .cache/models
 	$(BIN)/pytest $(PYTEST_ARGS)
 

@@ -45,6 +45,7 @@ __all__ = [
     "ServerSettings",
     "Settings",
     "ShellSettings",
+    "SshHostSettings",
     "ToolSettings",
     "load_settings",
 ]
@@ -385,6 +386,16 @@ class NetworkToolSettings(_Section):
     max_redirects: int = Field(5, ge=0, le=20, description="Redirects followed.")
 
 
+class SshHostSettings(_Section):
+    """A machine the ssh tool may run commands on."""
+
+    host: str = Field(description="Address or name.")
+    port: int = Field(22, ge=1, le=65535, description="SSH port.")
+    username: str = Field(description="Login name.")
+    key_file: Path = Field(description="Private key file (no passwords are used).")
+    known_hosts: Path = Field(description="known_hosts file the host key must match.")
+
+
 class AgentSettings(_Section):
     """Agents and their tools."""
 
@@ -406,6 +417,9 @@ class AgentSettings(_Section):
         None,
         description="Docker Engine API socket (e.g. /var/run/docker.sock): enables the "
         "docker tools (list, inspect, logs; restart needs enabling).",
+    )
+    ssh: dict[str, SshHostSettings] = Field(
+        default_factory=dict, description="Hosts the ssh tool may reach, by name."
     )
     shell: ShellSettings = Field(
         default_factory=ShellSettings, description="The shell tool's sandbox."

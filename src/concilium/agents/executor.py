@@ -154,6 +154,10 @@ def build_tools(settings: Settings, audit: AuditLog, db: Database) -> ToolExecut
     registry = ToolRegistry()
     for item in builtin_tools(settings.agents.shell, settings.agents.network):
         registry.register(item)
+    if settings.agents.ssh:
+        from concilium.agents.ssh import SshTool
+
+        registry.register(SshTool(settings.agents.ssh, settings.agents.shell))
     if settings.agents.docker_socket is not None:
         from concilium.agents.docker import docker_tools
 

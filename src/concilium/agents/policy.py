@@ -196,8 +196,8 @@ def _split(tokens: Sequence[str]) -> list[tuple[list[str], str]]:
     return [(words, op) for words, op in out if words or op in ("|", "|&")]
 
 
-def _outside(root: Path, word: str) -> bool:
-    if word in _SAFE_ABSOLUTE:
+def _outside(root: Path | None, word: str) -> bool:
+    if root is None or word in _SAFE_ABSOLUTE:  # a remote machine: no workspace to keep to
         return False
     if word.startswith("~"):
         return True
@@ -229,12 +229,13 @@ def _program(words: list[str]) -> tuple[str, list[str]]:
 
 def check_command(
     command: str,
-    root: Path,
+    root: Path | None,
     *,
     allow: Iterable[str] = (),
     deny: Iterable[str] = (),
 ) -> None:
-    """Raise ``PolicyDenied`` unless ``command`` is safe to run in ``root``."""
+    """Raise ``PolicyDenied`` unless ``command`` is safe to run in ``root`` (None: on a
+    remote host, where paths are not confined but everything else is checked)."""
     if not command.strip():
         raise PolicyDenied("empty command")
     if "\x00" in command or len(command) > 10_000:
@@ -316,7 +317,7 @@ def check_command(
                 value.startswith(("/", "~"))
                 or "/" in value
                 or ".." in PurePosixPath(value).parts
-                or (root / value).is_symlink()
+                or (root is not None and (root / value).is_symlink())
             )
             if suspicious and _outside(root, value):
                 raise PolicyDenied(f"{arg!r} is outside the workspace")

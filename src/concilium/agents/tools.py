@@ -84,21 +84,19 @@ class Tool(ABC):
     async def run(self, arguments: BaseModel, context: ToolContext) -> str:
         """The observation given back to the agent (text)."""
 
-    @classmethod
-    def parameters(cls) -> dict[str, Any]:
-        schema = cls.Arguments.model_json_schema()
+    def parameters(self) -> dict[str, Any]:
+        schema = self.Arguments.model_json_schema()
         schema.pop("title", None)
         return schema
 
-    @classmethod
-    def spec(cls) -> dict[str, Any]:
+    def spec(self) -> dict[str, Any]:
         """The OpenAI ``tools`` entry describing this tool."""
         return {
             "type": "function",
             "function": {
-                "name": cls.name,
-                "description": cls.description,
-                "parameters": cls.parameters(),
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters(),
             },
         }
 
