@@ -327,44 +327,56 @@ class ShellTool(Tool):
         self.timeout = settings.timeout_seconds + 5
 
     async def run(self, arguments: BaseModel, context: ToolContext) -> str:
-        command: str = getattr(arguments, "command")  # noqa: B009 - typed by Arguments
-        check_command(command, context.root, allow=self.settings.allow, deny=self.settings.deny)
-        context.root.mkdir(parents=True, exist_ok=True)
-        limits = self.settings
+        assert isinstance(arguments, ShellArguments)
+        check_command(
+            arguments.command, context.root, allow=self.settings.allow, deny=self.settings.deny
+        )
+        root = context.root.resolve()
+        root.mkdir(parents=True, exist_ok=True)
         environment = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "HOME": str(context.root.resolve()),
+            "HOME": str(root),
             "LANG": "C.UTF-8",
             "TERM": "dumb",
         }
-        process = await asyncio.create_subprocess_exec(
-            "/bin/bash",
-            "--noprofile",
-            "--norc",
-            "-c",
-            command,
-            cwd=context.root.resolve(),
-            env=environment,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            preexec_fn=_limits(limits),
-            start_new_session=True,
-        )
-        try:
-            async with asyncio.timeout(limits.timeout_seconds):
-                output, _ = await process.communicate()
-        except TimeoutError:
-            _kill_group(process.pid)
-            await process.wait()
-            raise ToolError(f"the command ran longer than {limits.timeout_seconds:g}s") from None
-        except asyncio.CancelledError:
-            _kill_group(process.pid)
-            raise
-        text = output.decode("utf-8", errors="replace")
-        if len(text) > limits.output_chars:
-            text = text[: limits.output_chars] + "\n… (output cut)"
-        return f"exit code {process.returncode}\n{text}"
+        argv = ["/bin/bash", "--noprofile", "--norc", "-c", arguments.command]
+        return await _run_confined(argv, root, environment, self.settings, None, "command")
+
+
+async def _run_confined(
+    argv: list[str],
+    root: Path,
+    environment: dict[str, str],
+    limits: ShellSettings,
+    stdin: bytes | None,
+    what: str,
+) -> str:
+    """Run a program in ``root`` with the limits, in its own process group; its exit
+    code and output (cut), or a ``ToolError`` when it runs out of time."""
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=root,
+        env=environment,
+        stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        preexec_fn=_limits(limits),
+        start_new_session=True,
+    )
+    try:
+        async with asyncio.timeout(limits.timeout_seconds):
+            output, _ = await process.communicate(stdin)
+    except TimeoutError:
+        _kill_group(process.pid)
+        await process.wait()
+        raise ToolError(f"the {what} ran longer than {limits.timeout_seconds:g}s") from None
+    except asyncio.CancelledError:
+        _kill_group(process.pid)
+        raise
+    text = output.decode("utf-8", errors="replace")
+    if len(text) > limits.output_chars:
+        text = text[: limits.output_chars] + "\n… (output cut)"
+    return f"exit code {process.returncode}\n{text}"
 
 
 def _limits(limits: ShellSettings) -> Callable[[], None]:
@@ -453,39 +465,14 @@ class PythonTool(Tool):
         self.timeout = settings.timeout_seconds + 5
 
     async def run(self, arguments: BaseModel, context: ToolContext) -> str:
-        code: str = getattr(arguments, "code")  # noqa: B009 - typed by Arguments
+        assert isinstance(arguments, PythonArguments)
         root = context.root.resolve()
         root.mkdir(parents=True, exist_ok=True)
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-I",
-            "-c",
-            _PYTHON_PRELUDE,
-            str(root),
-            cwd=root,
-            env={"LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8", "HOME": str(root)},
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            preexec_fn=_limits(self.settings),
-            start_new_session=True,
+        argv = [sys.executable, "-I", "-c", _PYTHON_PRELUDE, str(root)]
+        environment = {"LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8", "HOME": str(root)}
+        return await _run_confined(
+            argv, root, environment, self.settings, arguments.code.encode(), "snippet"
         )
-        try:
-            async with asyncio.timeout(self.settings.timeout_seconds):
-                output, _ = await process.communicate(code.encode())
-        except TimeoutError:
-            _kill_group(process.pid)
-            await process.wait()
-            raise ToolError(
-                f"the snippet ran longer than {self.settings.timeout_seconds:g}s"
-            ) from None
-        except asyncio.CancelledError:
-            _kill_group(process.pid)
-            raise
-        text = output.decode("utf-8", errors="replace")
-        if len(text) > self.settings.output_chars:
-            text = text[: self.settings.output_chars] + "\n… (output cut)"
-        return f"exit code {process.returncode}\n{text}"
 
 
 # -- network --------------------------------------------------------------------------------
@@ -538,7 +525,8 @@ class HttpFetchTool(Tool):
         self.timeout = settings.timeout_seconds * (settings.max_redirects + 1) + 5
 
     async def run(self, arguments: BaseModel, context: ToolContext) -> str:
-        url: str = getattr(arguments, "url")  # noqa: B009 - typed by Arguments
+        assert isinstance(arguments, UrlArguments)
+        url = arguments.url
         for _ in range(self.settings.max_redirects + 1):
             host, _port, addresses = await check_url(url, self.settings.allow)
             connector = aiohttp.TCPConnector(resolver=_PinnedResolver(host, addresses))
