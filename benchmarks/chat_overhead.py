@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from concilium.config import load_settings  # noqa: E402
 from concilium.llm import catalog  # noqa: E402
-from knowledge_common import machine  # noqa: E402
+from knowledge_common import machine, write_section  # noqa: E402
 
 PROMPTS = [
     "Explain in two sentences what a hash table is.",
@@ -360,20 +360,6 @@ def markdown(streaming: list[dict[str, object]], load: dict[str, object] | None)
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    path = REPO / "BENCHMARKS.md"
-    start, end = "<!-- chat_overhead:start -->", "<!-- chat_overhead:end -->"
-    content = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{start}\n{text}\n{end}"
-    if start in content:
-        content = re.sub(
-            re.escape(start) + ".*?" + re.escape(end), lambda _: block, content, flags=re.S
-        )
-    else:
-        content = content.rstrip() + "\n\n## Chat overhead\n\n" + block + "\n"
-    path.write_text(content)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="qwen2.5-coder-1.5b,qwen2.5-coder-0.5b,smollm2-135m")
@@ -399,7 +385,7 @@ def main() -> None:
     text = markdown(streaming, load)
     print(text)
     if args.write:
-        write_section(text)
+        write_section("chat_overhead", "Chat overhead", text)
 
 
 if __name__ == "__main__":

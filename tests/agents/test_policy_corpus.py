@@ -12,10 +12,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from concilium.agents.builtin import builtin_tools
-from concilium.agents.executor import ToolExecutor, ToolOutcome
-from concilium.agents.policy import ToolPolicy
-from concilium.agents.tools import ToolContext, ToolRegistry
+from concilium.agents.executor import ToolExecutor, ToolOutcome, build_tools
+from concilium.agents.tools import ToolContext
 from concilium.auth.audit import AuditLog
 from concilium.config import Settings
 from concilium.store.db import Database
@@ -298,11 +296,8 @@ async def executor(database: Database, tmp_path: Path) -> tuple[ToolExecutor, Au
             "shell": {"timeout_seconds": 3},
         },
     )
-    registry = ToolRegistry()
-    for item in builtin_tools(settings.agents.shell, settings.agents.network):
-        registry.register(item)
     audit = AuditLog(settings, database)
-    return ToolExecutor(registry, ToolPolicy(settings.agents), audit, database), audit
+    return build_tools(settings, audit, database), audit
 
 
 class SpawnSpy:
@@ -450,12 +445,7 @@ async def test_default_policy_denies_what_writes_runs_or_connects(
     database: Database, tmp_path: Path, workspace: Path
 ) -> None:
     settings = Settings(data_dir=tmp_path / "data")
-    registry = ToolRegistry()
-    for item in builtin_tools(settings.agents.shell, settings.agents.network):
-        registry.register(item)
-    tools = ToolExecutor(
-        registry, ToolPolicy(settings.agents), AuditLog(settings, database), database
-    )
+    tools = build_tools(settings, AuditLog(settings, database), database)
     context = ToolContext(principal=None, root=workspace)
     assert {t.name for t in tools.available(context)} == {
         "calculator",
@@ -481,12 +471,7 @@ async def test_execute_tools_wait_for_approval(
     database: Database, tmp_path: Path, workspace: Path
 ) -> None:
     settings = Settings(data_dir=tmp_path / "data", agents={"tools": {"shell": {"enabled": True}}})
-    registry = ToolRegistry()
-    for item in builtin_tools(settings.agents.shell, settings.agents.network):
-        registry.register(item)
-    tools = ToolExecutor(
-        registry, ToolPolicy(settings.agents), AuditLog(settings, database), database
-    )
+    tools = build_tools(settings, AuditLog(settings, database), database)
     context = ToolContext(principal=None, root=workspace)
     pending = await tools.execute("shell", {"command": "touch made.txt"}, context)
     assert pending.status == "pending"

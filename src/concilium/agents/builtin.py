@@ -313,7 +313,15 @@ class ShellArguments(BaseModel):
     )
 
 
-class ShellTool(Tool):
+class _ConfinedTool(Tool):
+    """A tool running a program in the workspace under the shell's limits."""
+
+    def __init__(self, settings: ShellSettings) -> None:
+        self.settings = settings
+        self.timeout = settings.timeout_seconds + 5
+
+
+class ShellTool(_ConfinedTool):
     name = "shell"
     description = (
         "Run a shell command in the workspace folder (no network tools, no access outside "
@@ -321,10 +329,6 @@ class ShellTool(Tool):
     )
     risk = Risk.EXECUTE
     Arguments = ShellArguments
-
-    def __init__(self, settings: ShellSettings) -> None:
-        self.settings = settings
-        self.timeout = settings.timeout_seconds + 5
 
     async def run(self, arguments: BaseModel, context: ToolContext) -> str:
         assert isinstance(arguments, ShellArguments)
@@ -451,7 +455,7 @@ class PythonArguments(BaseModel):
     )
 
 
-class PythonTool(Tool):
+class PythonTool(_ConfinedTool):
     name = "python"
     description = (
         "Run a Python 3 snippet (standard library only) in the workspace folder and return "
@@ -459,10 +463,6 @@ class PythonTool(Tool):
     )
     risk = Risk.EXECUTE
     Arguments = PythonArguments
-
-    def __init__(self, settings: ShellSettings) -> None:
-        self.settings = settings
-        self.timeout = settings.timeout_seconds + 5
 
     async def run(self, arguments: BaseModel, context: ToolContext) -> str:
         assert isinstance(arguments, PythonArguments)

@@ -6,6 +6,7 @@ execute-risk tool, off until enabled and approved like the shell.
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 from pathlib import Path
@@ -39,15 +40,17 @@ class _Engine:
         except (aiohttp.ClientError, OSError) as exc:
             raise ToolError(f"the Docker engine is not reachable: {exc}") from None
 
-    async def json(self, path: str, **params: Any) -> Any:
-        import json
-
-        status, body = await self.request("GET", path, **params)
+    async def checked(self, method: str, path: str, **params: Any) -> bytes:
+        """The body of a successful answer; errors as the agent should read them."""
+        status, body = await self.request(method, path, **params)
         if status == 404:
             raise ToolError("no such container")
         if status >= 400:
             raise ToolError(f"the Docker engine answered {status}: {body[:200]!r}")
-        return json.loads(body)
+        return body
+
+    async def json(self, path: str, **params: Any) -> Any:
+        return json.loads(await self.checked("GET", path, **params))
 
 
 class ContainerArguments(BaseModel):
@@ -64,14 +67,16 @@ class ListArguments(BaseModel):
     all: bool = Field(False, description="Include stopped containers.")
 
 
-class DockerList(Tool):
+class _DockerTool(Tool):
+    def __init__(self, engine: _Engine) -> None:
+        self.engine = engine
+
+
+class DockerList(_DockerTool):
     name = "docker_list"
     description = "List the Docker containers (name, image, state, status)."
     risk = Risk.READ
     Arguments = ListArguments
-
-    def __init__(self, engine: _Engine) -> None:
-        self.engine = engine
 
     async def run(self, arguments: BaseModel, context: ToolContext) -> str:
         assert isinstance(arguments, ListArguments)
@@ -86,14 +91,11 @@ class DockerList(Tool):
         )
 
 
-class DockerInspect(Tool):
+class DockerInspect(_DockerTool):
     name = "docker_inspect"
     description = "A container's state, image, restart count, ports and health."
     risk = Risk.READ
     Arguments = ContainerArguments
-
-    def __init__(self, engine: _Engine) -> None:
-        self.engine = engine
 
     async def run(self, arguments: BaseModel, context: ToolContext) -> str:
         assert isinstance(arguments, ContainerArguments)
@@ -127,49 +129,35 @@ def _demultiplex(body: bytes) -> str:
     return b"".join(out).decode("utf-8", errors="replace")
 
 
-class DockerLogs(Tool):
+class DockerLogs(_DockerTool):
     name = "docker_logs"
     description = "The last lines of a container's logs (stdout and stderr)."
     risk = Risk.READ
     Arguments = LogArguments
 
-    def __init__(self, engine: _Engine) -> None:
-        self.engine = engine
-
     async def run(self, arguments: BaseModel, context: ToolContext) -> str:
         assert isinstance(arguments, LogArguments)
-        status, body = await self.engine.request(
+        body = await self.engine.checked(
             "GET",
             f"/containers/{arguments.container}/logs",
             stdout="1",
             stderr="1",
             tail=str(arguments.tail),
         )
-        if status == 404:
-            raise ToolError("no such container")
-        if status >= 400:
-            raise ToolError(f"the Docker engine answered {status}")
         text = _demultiplex(body)
         return re.sub(r"\x1b\[[0-9;]*m", "", text) or "(no log lines)"
 
 
-class DockerRestart(Tool):
+class DockerRestart(_DockerTool):
     name = "docker_restart"
     description = "Restart a container."
     risk = Risk.EXECUTE
     Arguments = ContainerArguments
 
-    def __init__(self, engine: _Engine) -> None:
-        self.engine = engine
-
     async def run(self, arguments: BaseModel, context: ToolContext) -> str:
         assert isinstance(arguments, ContainerArguments)
         container = arguments.container
-        status, body = await self.engine.request("POST", f"/containers/{container}/restart", t="10")
-        if status == 404:
-            raise ToolError("no such container")
-        if status >= 400:
-            raise ToolError(f"the Docker engine answered {status}: {body[:200]!r}")
+        await self.engine.checked("POST", f"/containers/{container}/restart", t="10")
         return f"{container} restarted"
 
 
