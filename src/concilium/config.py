@@ -8,6 +8,7 @@ settings themselves name (a config file, an API-key file).
 from __future__ import annotations
 
 import os
+import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -355,6 +356,14 @@ class ToolSettings(_Section):
 
     enabled: bool | None = Field(None, description="Allow the tool (admins decide).")
     approval: bool | None = Field(None, description="A person approves each call before it runs.")
+    min_role: Literal["viewer", "member", "admin"] | None = Field(
+        None,
+        description="Weakest workspace role that may use it (unset: viewer for read-only "
+        "tools, member for the others).",
+    )
+    workspaces: list[str] = Field(
+        default_factory=list, description="Only in these workspaces, by id (empty: all)."
+    )
 
 
 class ShellSettings(_Section):
@@ -396,6 +405,42 @@ class SshHostSettings(_Section):
     known_hosts: Path = Field(description="known_hosts file the host key must match.")
 
 
+class McpServerSettings(_Section):
+    """An MCP server whose tools the agent may use, under the same policy as the others."""
+
+    transport: Literal["stdio", "http"] = Field(
+        "stdio", description="stdio: a program started here; http: Streamable HTTP."
+    )
+    command: str | None = Field(None, description="stdio: the program to start.")
+    args: list[str] = Field(default_factory=list, description="stdio: its arguments.")
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="stdio: its environment (nothing of the server's own is passed on).",
+    )
+    cwd: Path | None = Field(None, description="stdio: its working directory.")
+    url: str | None = Field(None, description="http: the server's MCP endpoint.")
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="http: headers sent with every request (auth)."
+    )
+    risk: Literal["read", "write", "network", "execute"] = Field(
+        "network",
+        description="Risk level of its tools: decides whether they are on by default and "
+        "need approval (a server's own hints never lower it).",
+    )
+    tools: list[str] = Field(
+        default_factory=list, description="Only these of its tools (empty: all it lists)."
+    )
+    timeout_seconds: float = Field(30.0, gt=0, le=3600, description="Per tool call.")
+
+    @model_validator(mode="after")
+    def _transport_needs(self) -> McpServerSettings:
+        if self.transport == "stdio" and not self.command:
+            raise ValueError("an MCP server over stdio needs a command")
+        if self.transport == "http" and not self.url:
+            raise ValueError("an MCP server over http needs a url")
+        return self
+
+
 class AgentSettings(_Section):
     """Agents and their tools."""
 
@@ -426,6 +471,34 @@ class AgentSettings(_Section):
     )
     network: NetworkToolSettings = Field(
         default_factory=NetworkToolSettings, description="Tools that reach other machines."
+    )
+    approvers: Literal["requester", "admin"] = Field(
+        "requester",
+        description="Who may approve a paused tool call: the person who asked (or an "
+        "admin of the workspace), or workspace admins only.",
+    )
+    approval_ttl_seconds: int = Field(
+        86_400, ge=60, description="A pending approval expires after this long."
+    )
+    mcp_servers: dict[str, McpServerSettings] = Field(
+        default_factory=dict,
+        description="MCP servers whose tools join the registry, as <server>__<tool>.",
+    )
+
+    @field_validator("mcp_servers")
+    @classmethod
+    def _server_names(cls, value: dict[str, McpServerSettings]) -> dict[str, McpServerSettings]:
+        for name in value:
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,30}", name):
+                raise ValueError(
+                    f"MCP server name {name!r}: lower-case letters, digits and _ (≤ 31)"
+                )
+        return value
+
+    mcp_endpoint: bool = Field(
+        True,
+        description="Serve the tools over MCP (Streamable HTTP) at /mcp, for API keys "
+        "with the tools scope.",
     )
 
 

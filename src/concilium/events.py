@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 __all__ = [
+    "ApprovalRequired",
     "BackendSelected",
     "Done",
     "ErrorEvent",
@@ -119,6 +120,20 @@ class ToolResult:
 
 
 @dataclass(frozen=True, slots=True)
+class ApprovalRequired:
+    """The agent paused before a call a person must approve. ``POST
+    /api/agent/approvals/{id}/approve`` (or ``/deny``) resumes the run."""
+
+    type: ClassVar[str] = "approval"
+    id: str
+    call_id: str
+    tool: str
+    arguments: dict[str, Any]
+    risk: str
+    expires_at: str
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorEvent:
     """The answer failed; the stream ends after this event."""
 
@@ -130,7 +145,8 @@ class ErrorEvent:
 
 @dataclass(frozen=True, slots=True)
 class Done:
-    """The answer ended. ``finish_reason``: stop, length, cancelled or error."""
+    """The answer ended. ``finish_reason``: stop, length, cancelled, error, or
+    approval_required (an agent paused; ``extra["approval_id"]``)."""
 
     type: ClassVar[str] = "done"
     finish_reason: str
@@ -146,6 +162,7 @@ Event = (
     | Thought
     | ToolCall
     | ToolResult
+    | ApprovalRequired
     | ErrorEvent
     | Done
 )

@@ -78,7 +78,8 @@ class Services:
         )
         orchestrator.register_mode(RagMode(settings, router, knowledge))
         tools = build_tools(settings, audit, db)
-        orchestrator.register_mode(AgentMode(settings, router, tools, {"knowledge": knowledge}))
+        tools.services["knowledge"] = knowledge
+        orchestrator.register_mode(AgentMode(settings, router, tools))
         return cls(
             settings=settings,
             db=db,
@@ -104,6 +105,8 @@ class Services:
         self.db.prepare()
         if self.settings.database.auto_migrate:
             await upgrade(self.db)
+        if self.settings.agents.mcp_servers:
+            await self.tools.connect_mcp(self.settings.agents.mcp_servers)
         recovered = await self.chat.recover()
         if recovered:
             log.warning("interrupted_answers_recovered", count=recovered)
@@ -124,6 +127,7 @@ class Services:
     async def stop(self) -> None:
         await self.chat.shutdown(self.settings.server.graceful_shutdown_seconds)
         await self.knowledge.stop()
+        await self.tools.close()
         for backend in self.backends.values():
             try:
                 await backend.aclose()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
+from concilium.store.models import AgentApproval, utcnow
 from tests.support.fake_llm_servers import FakeOpenAI
 from tests.support.live import Live, wait_for_job
 
@@ -83,6 +85,7 @@ def world(fake_live: tuple[Live, FakeOpenAI]) -> dict[str, Any]:
     ).json()
     assert wait_for_job(alice_session, job["id"])["status"] == "completed"
     [document] = alice_session.get(f"/api/collections/{collection['id']}/documents").json()["items"]
+    approval = live.server.run(_paused_call(live, alice["id"], alice["personal_workspace_id"]))
     return {
         "live": live,
         "bob": bob_client,
@@ -98,9 +101,36 @@ def world(fake_live: tuple[Live, FakeOpenAI]) -> dict[str, Any]:
             "collection_id": collection["id"],
             "document_id": document["id"],
             "job_id": job["id"],
+            "approval_id": approval,
         },
         "alice_personal": alice["personal_workspace_id"],
     }
+
+
+async def _paused_call(live: Live, user_id: str, workspace_id: str) -> str:
+    """A tool call of Alice's agent waiting for her approval."""
+    approval = AgentApproval(
+        owner_id=user_id,
+        workspace_id=workspace_id,
+        model="fake-model",
+        call_id="c1",
+        tool="shell",
+        arguments={"command": "uptime"},
+        risk="execute",
+        principal=None,
+        state={
+            "messages": [],
+            "steps_done": 1,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "seconds": 0.0,
+            "used": [],
+        },
+        expires_at=utcnow() + timedelta(hours=1),
+    )
+    async with live.services.db.session() as s:
+        s.add(approval)
+    return approval.id
 
 
 def test_every_private_operation_refuses_anonymous_callers(
@@ -163,6 +193,7 @@ def test_lists_show_only_the_callers_own_things(world: dict[str, Any]) -> None:
     creating = bob.post("/api/conversations", json={"workspace_id": world["alice_personal"]})
     assert creating.status_code == 404
     assert bob.get("/api/collections").json() == []
+    assert bob.get("/api/agent/approvals", params={"status": "all"}).json() == []
     alien = bob.post(
         "/api/collections", json={"name": "x", "workspace_id": world["alice_personal"]}
     )

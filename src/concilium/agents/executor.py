@@ -11,16 +11,20 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import structlog
 from pydantic import ValidationError
 
+from concilium.agents.mcp_client import McpConnection, connect_servers
 from concilium.agents.policy import PolicyDenied, ToolPolicy
 from concilium.agents.tools import Tool, ToolContext, ToolError, ToolRegistry
 from concilium.auth.audit import Actor, AuditLog
-from concilium.config import Settings
+from concilium.auth.principal import Principal
+from concilium.config import McpServerSettings, Settings
 from concilium.store.db import Database
+from concilium.store.models import Membership
 
 __all__ = ["ToolExecutor", "ToolOutcome", "build_tools"]
 
@@ -47,12 +51,56 @@ class ToolOutcome:
 
 class ToolExecutor:
     def __init__(
-        self, registry: ToolRegistry, policy: ToolPolicy, audit: AuditLog, db: Database
+        self,
+        registry: ToolRegistry,
+        policy: ToolPolicy,
+        audit: AuditLog,
+        db: Database,
+        workspaces_dir: Path,
     ) -> None:
         self.registry = registry
         self.policy = policy
         self.audit = audit
         self.db = db
+        self.workspaces_dir = workspaces_dir
+        #: Objects tools may use (the knowledge service…), by name, given to every context.
+        self.services: dict[str, Any] = {}
+        self._connections: list[McpConnection] = []
+
+    async def connect_mcp(self, servers: dict[str, McpServerSettings]) -> None:
+        """Add the tools of the configured MCP servers (those that answer) to the registry."""
+        for connection, tools in await connect_servers(servers):
+            self._connections.append(connection)
+            for item in tools:
+                if self.registry.get(item.name) is not None:
+                    log.warning("mcp_tool_name_taken", tool=item.name, server=connection.name)
+                    continue
+                self.registry.register(item)
+
+    async def close(self) -> None:
+        for connection in self._connections:
+            await connection.close()
+        self._connections.clear()
+
+    async def context_for(self, principal: Principal | None) -> ToolContext:
+        """The context tools run in for this caller: their workspace's folder and role."""
+        workspace = principal.workspace_id if principal is not None else "local"
+        root = self.workspaces_dir / workspace
+        root.mkdir(parents=True, exist_ok=True)
+        role = None
+        if principal is not None:
+            async with self.db.reader() as s:
+                member = await s.get(Membership, (workspace, principal.user_id))
+            role = member.role if member is not None else None
+        return ToolContext(principal, root, self.services, role)
+
+    async def refuse(
+        self, name: str, arguments: dict[str, Any], context: ToolContext, reason: str
+    ) -> ToolOutcome:
+        """Record a call a person refused (it never runs)."""
+        return await self._record(
+            name, _dump(arguments), "denied", reason, time.monotonic(), context
+        )
 
     def available(self, context: ToolContext) -> list[Tool]:
         """The tools this caller may use (with or without approval)."""
@@ -164,4 +212,4 @@ def build_tools(settings: Settings, audit: AuditLog, db: Database) -> ToolExecut
         for item in docker_tools(settings.agents.docker_socket):
             registry.register(item)
     registry.load_entry_points()
-    return ToolExecutor(registry, ToolPolicy(settings.agents), audit, db)
+    return ToolExecutor(registry, ToolPolicy(settings.agents), audit, db, settings.workspaces_dir)

@@ -25,7 +25,9 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 from concilium.agents.tools import Risk, Tool, ToolContext
+from concilium.auth.principal import Scope
 from concilium.config import AgentSettings
+from concilium.store.models import Role
 
 __all__ = [
     "Decision",
@@ -53,13 +55,35 @@ class ToolPolicy:
         self.settings = settings
 
     def decide(self, tool: Tool, context: ToolContext) -> Decision:
+        """May this caller use the tool, and must a person approve each call?
+
+        Checked in order: enabled (admins' settings; read-only tools on by default),
+        workspace list, the caller's workspace role, the API key's scopes (anything beyond
+        reading needs the ``tools`` scope), then approval."""
         configured = self.settings.tools.get(tool.name)
         enabled = configured.enabled if configured and configured.enabled is not None else None
         if enabled is None:
             enabled = tool.risk == Risk.READ
         if not enabled:
             return Decision(False, reason=f"the tool {tool.name!r} is not enabled")
-        missing = sorted(tool.scopes - context.scopes)
+        principal = context.principal
+        if (
+            configured
+            and configured.workspaces
+            and principal is not None
+            and principal.workspace_id not in configured.workspaces
+        ):
+            return Decision(False, reason=f"{tool.name!r} is not enabled in this workspace")
+        if principal is not None:
+            needed: str = Role.VIEWER if tool.risk == Risk.READ else Role.MEMBER
+            if configured and configured.min_role:
+                needed = configured.min_role
+            if context.role is None or not Role.at_least(context.role, needed):
+                return Decision(False, reason=f"{tool.name!r} needs the {needed} role or above")
+        needed_scopes = set(tool.scopes)
+        if tool.risk != Risk.READ:
+            needed_scopes.add(Scope.TOOLS)
+        missing = sorted(needed_scopes - context.scopes)
         if missing:
             return Decision(False, reason=f"{tool.name!r} needs the scope(s) {', '.join(missing)}")
         approval = configured.approval if configured and configured.approval is not None else None

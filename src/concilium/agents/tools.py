@@ -64,6 +64,8 @@ class ToolContext:
     root: Path
     #: Objects a tool may use (the knowledge service…), by name.
     services: dict[str, Any] = field(default_factory=dict)
+    #: The caller's role in the workspace the tools act in (None: the operator).
+    role: str | None = None
 
     @property
     def scopes(self) -> frozenset[str]:

@@ -8,12 +8,15 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.requests import HTTPConnection
+from starlette.routing import Route
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from concilium import __version__
+from concilium.agents.mcp_server import McpEndpoint
 from concilium.api.deps import authenticate
 from concilium.api.middleware import EdgeMiddleware
-from concilium.api.problems import install_error_handlers
+from concilium.api.problems import concilium_error_response, install_error_handlers
 from concilium.api.routes import (
     account,
     admin,
@@ -26,6 +29,7 @@ from concilium.api.routes import (
     workspaces,
     ws,
 )
+from concilium.auth.principal import Principal, Scope
 from concilium.config import Settings
 from concilium.services import Services
 
@@ -35,12 +39,17 @@ __all__ = ["create_app"]
 def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     """Build the app. Services are built now (no I/O) and started by the lifespan."""
     services = services or Services.build(settings)
+    mcp = _mcp_endpoint(services) if settings.agents.mcp_endpoint else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await services.start(serving=True)
         try:
-            yield
+            if mcp is None:
+                yield
+            else:
+                async with mcp.running():
+                    yield
         finally:
             await services.stop()
 
@@ -69,6 +78,9 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         ws,
     ):
         app.include_router(module.router)
+    if mcp is not None:
+        methods = ["GET", "POST", "DELETE"]
+        app.router.routes.append(Route("/mcp", mcp, methods=methods, include_in_schema=False))
 
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi(request: Request) -> dict[str, Any]:
@@ -96,3 +108,14 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     # peer is a trusted proxy.
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.server.trusted_proxies)
     return app
+
+
+def _mcp_endpoint(services: Services) -> McpEndpoint:
+    """``/mcp``: the tools over MCP (Streamable HTTP) for callers with the tools scope."""
+
+    async def tools_caller(connection: HTTPConnection) -> Principal:
+        principal = await authenticate(connection, method=connection.scope["method"])
+        principal.require(Scope.TOOLS)
+        return principal
+
+    return McpEndpoint(services.tools, tools_caller, concilium_error_response)

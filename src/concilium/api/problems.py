@@ -15,7 +15,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from concilium.errors import BackendError, ConciliumError, TooManyRequests, Unauthorized
 
-__all__ = ["install_error_handlers", "openai_error_body", "problem_response"]
+__all__ = [
+    "concilium_error_response",
+    "install_error_handlers",
+    "openai_error_body",
+    "problem_response",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -89,7 +94,7 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return cleaned
 
 
-async def _concilium_error(request: Request, exc: Exception) -> JSONResponse:
+async def concilium_error_response(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ConciliumError)
     headers: dict[str, str] = {}
     if isinstance(exc, BackendError | TooManyRequests) and exc.retry_after:
@@ -139,7 +144,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ConciliumError, _concilium_error)
+    app.add_exception_handler(ConciliumError, concilium_error_response)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -17,11 +17,19 @@ class Scope:
     KNOWLEDGE_READ = "knowledge:read"
     KNOWLEDGE_WRITE = "knowledge:write"
     METRICS = "metrics"  # /metrics
+    TOOLS = "tools"  # agent tools that write, reach the network or run code; /mcp
     ADMIN = "admin"  # the admin API; only effective for administrators
 
 
 ALL_SCOPES = frozenset(
-    {Scope.CHAT, Scope.KNOWLEDGE_READ, Scope.KNOWLEDGE_WRITE, Scope.METRICS, Scope.ADMIN}
+    {
+        Scope.CHAT,
+        Scope.KNOWLEDGE_READ,
+        Scope.KNOWLEDGE_WRITE,
+        Scope.METRICS,
+        Scope.TOOLS,
+        Scope.ADMIN,
+    }
 )
 
 

@@ -24,14 +24,19 @@ from concilium.auth.workspaces import Workspaces
 from concilium.config import Settings
 from concilium.errors import ConciliumError, Forbidden, InvalidRequest, NotFound
 from concilium.events import (
+    ApprovalRequired,
     BackendSelected,
     Done,
     ErrorEvent,
     Event,
     MessageStarted,
     Sources,
+    Thought,
     Token,
+    ToolCall,
+    ToolResult,
     Usage,
+    event_to_dict,
 )
 from concilium.llm.base import ChatMessage, GenerationParams
 from concilium.observability.metrics import Metrics
@@ -50,6 +55,7 @@ from concilium.store.models import (
     Message,
     MessageStatus,
     Role,
+    new_id,
 )
 
 __all__ = ["ChatService", "Generation", "TurnOptions", "error_for"]
@@ -399,6 +405,7 @@ class ChatService:
         account = None
         if owner is not None:  # tokens count against the conversation's workspace
             account = Account(owner.user_id, conversation.workspace_id or owner.workspace_id)
+        assistant_id = new_id()
         request = AnswerRequest(
             messages=self._prompt(conversation, history, user),
             model=model,
@@ -409,11 +416,13 @@ class ChatService:
             collections=options.collections,
             retrieval=options.retrieval,
             principal=options.principal,
+            message_id=assistant_id,
         )
         prepared = await self.orchestrator.prepare(request)  # 4xx here rolls the turn back
         assistant = await repo.add_message(
             s,
             conversation,
+            id=assistant_id,
             role="assistant",
             content="",
             parent_id=user.id,
@@ -425,16 +434,42 @@ class ChatService:
         generation.push(MessageStarted(conversation.id, user.id, assistant.id, user.parent_id))
         return generation, prepared
 
-    def _launch(self, generation: Generation, prepared: PreparedAnswer) -> Generation:
+    async def resume(self, message_id: str, prepared: PreparedAnswer) -> Generation:
+        """Go on with an agent answer that paused for approval, in its stored message: the
+        continuation replaces the paused text; steps are added to those already stored.
+        The caller has checked who may decide (``AgentMode.decide``)."""
+        async with self.db.session() as s:
+            message = await s.get(Message, message_id, with_for_update=True)
+            if message is None:
+                raise NotFound(f"message {message_id} not found")
+            if message.status == MessageStatus.GENERATING or message_id in self._live:
+                raise errors.Conflict(f"message {message_id} is being generated")
+            message.status = MessageStatus.GENERATING
+            steps = list(message.steps or [])
+            conversation_id = message.conversation_id
+        generation = Generation(conversation_id, message_id)
+        return self._launch(generation, prepared, steps)
+
+    def _launch(
+        self,
+        generation: Generation,
+        prepared: PreparedAnswer,
+        steps: list[dict[str, Any]] | None = None,
+    ) -> Generation:
         """Start generating; called once the turn's rows are committed."""
         self._live[generation.message_id] = generation
         generation.task = asyncio.get_running_loop().create_task(
-            self._run(generation, prepared), name=f"generation-{generation.message_id}"
+            self._run(generation, prepared, steps), name=f"generation-{generation.message_id}"
         )
         return generation
 
-    async def _run(self, generation: Generation, prepared: PreparedAnswer) -> None:
-        record = _AnswerRecord()
+    async def _run(
+        self,
+        generation: Generation,
+        prepared: PreparedAnswer,
+        steps: list[dict[str, Any]] | None = None,
+    ) -> None:
+        record = _AnswerRecord(steps)
         # The final event is held back until the answer is stored: a client that sends
         # its next message on "done" must find this answer in the history.
         final: Done | ErrorEvent | None = None
@@ -477,10 +512,17 @@ class ChatService:
             await repo.update_message(s, message_id, **fields)
 
 
+#: Events of an agent's work kept with its message.
+_STEP_EVENTS = (Thought, ToolCall, ToolResult, ApprovalRequired)
+
+
 class _AnswerRecord:
     """What a generation produced, turned into the stored message's fields."""
 
-    def __init__(self) -> None:
+    def __init__(self, steps: list[dict[str, Any]] | None = None) -> None:
+        #: Steps stored before (an agent run resumed after approval), then this run's.
+        self.steps: list[dict[str, Any]] = list(steps or [])
+        self.resumed = steps is not None
         self.started = time.perf_counter()
         self.ttft: float | None = None
         self.parts: list[str] = []
@@ -503,6 +545,8 @@ class _AnswerRecord:
             self.error = event
         elif isinstance(event, Sources):
             self.sources = [dict(source) for source in event.sources]
+        elif isinstance(event, _STEP_EVENTS):
+            self.steps.append(event_to_dict(event))
         elif isinstance(event, Done):
             self.cited = list(event.extra.get("cited", []))
 
@@ -531,6 +575,8 @@ class _AnswerRecord:
         if self.usage is not None:
             fields["prompt_tokens"] = self.usage.prompt_tokens
             fields["completion_tokens"] = self.usage.completion_tokens
+        if self.steps or self.resumed:
+            fields["steps"] = self.steps
         if self.sources is not None:
             fields["sources"] = [
                 {**source, "cited": source.get("n") in self.cited} for source in self.sources

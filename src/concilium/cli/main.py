@@ -651,6 +651,7 @@ def _register_knowledge() -> None:
     app.command()(agents.agent)
     app.command()(agents.mcp)
     app.add_typer(agents.tools_app, name="tools")
+    app.add_typer(agents.approvals_app, name="approvals")
 
 
 _register_knowledge()

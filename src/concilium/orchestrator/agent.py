@@ -14,15 +14,22 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import structlog
+from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from concilium.agents.executor import ToolExecutor
+from concilium.agents.executor import ToolExecutor, ToolOutcome
 from concilium.agents.tools import ToolContext
+from concilium.auth.audit import Actor
+from concilium.auth.principal import Principal, Scope
 from concilium.config import Settings
+from concilium.errors import Conflict, Forbidden, NotFound
 from concilium.events import (
+    ApprovalRequired,
     BackendSelected,
     Done,
     ErrorEvent,
@@ -35,9 +42,10 @@ from concilium.events import (
 )
 from concilium.llm.base import ChatMessage, GenerationParams, ResponseFormat
 from concilium.llm.router import Router
-from concilium.orchestrator.engine import AnswerRequest, PreparedAnswer
+from concilium.orchestrator.engine import PreparedAnswer
+from concilium.store.models import AgentApproval, Membership, Role, new_id, utcnow
 
-__all__ = ["AgentMode", "parse_step"]
+__all__ = ["AgentMode", "Resumption", "RunState", "parse_step"]
 
 log = structlog.get_logger(__name__)
 
@@ -115,75 +123,209 @@ def parse_step(text: str, tools: Sequence[str]) -> Step:
     )
 
 
+@dataclass(slots=True)
+class RunState:
+    """Where a run stands: enough to pause it for approval and go on later."""
+
+    messages: list[ChatMessage]
+    steps_done: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0  # spent before the current stretch
+    used: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "messages": [{"role": m.role, "content": m.content} for m in self.messages],
+            "steps_done": self.steps_done,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "seconds": self.seconds,
+            "used": self.used,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunState:
+        return cls(
+            messages=[ChatMessage(m["role"], m["content"]) for m in data["messages"]],
+            steps_done=int(data["steps_done"]),
+            prompt_tokens=int(data["prompt_tokens"]),
+            completion_tokens=int(data["completion_tokens"]),
+            seconds=float(data["seconds"]),
+            used=list(data["used"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Resumption:
+    """A decided approval, ready to continue its run (``PreparedAnswer.context``)."""
+
+    approval: AgentApproval
+    approved: bool
+    reason: str
+    context: ToolContext
+
+
 class AgentMode:
     name = "agent"
 
-    def __init__(
-        self,
-        settings: Settings,
-        router: Router,
-        tools: ToolExecutor,
-        services: dict[str, Any] | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, router: Router, tools: ToolExecutor) -> None:
         self.settings = settings
         self.router = router
         self.tools = tools
-        #: What tools may use (the knowledge service…), by name.
-        self.services = services or {}
-
-    def context_for(self, request: AnswerRequest) -> ToolContext:
-        principal = request.principal
-        workspace = principal.workspace_id if principal is not None else "local"
-        root = self.settings.workspaces_dir / workspace
-        root.mkdir(parents=True, exist_ok=True)
-        return ToolContext(principal=principal, root=root, services=self.services)
 
     def run(self, prepared: PreparedAnswer) -> AsyncIterator[Event]:
-        return self._run(prepared)
+        if isinstance(prepared.context, Resumption):
+            return self._resume(prepared, prepared.context)
+        return self._start(prepared)
 
-    async def _run(self, prepared: PreparedAnswer) -> AsyncIterator[Event]:
-        limits = self.settings.agents
+    # -- a new run ------------------------------------------------------------------------
+
+    async def _start(self, prepared: PreparedAnswer) -> AsyncIterator[Event]:
         request = prepared.request
-        context = self.context_for(request)
+        context = await self.tools.context_for(request.principal)
         available = self.tools.available(context)
-        names = [t.name for t in available]
         catalog = "\n".join(
             f"- {t.name}: {t.description}; {json.dumps(t.parameters(), ensure_ascii=False)}"
             for t in available
         )
         system = [m.content for m in request.messages if m.role == "system" and m.content]
-        messages = [
-            ChatMessage("system", "\n\n".join([_PROMPT.format(tools=catalog), *system])),
-            *(m for m in request.messages if m.role != "system"),
-        ]
+        state = RunState(
+            [
+                ChatMessage("system", "\n\n".join([_PROMPT.format(tools=catalog), *system])),
+                *(m for m in request.messages if m.role != "system"),
+            ]
+        )
+        async for event in self._loop(prepared, state, context, first=True):
+            yield event
+
+    # -- after a person's decision --------------------------------------------------------
+
+    async def decide(
+        self,
+        approval_id: str,
+        decider: Principal | None,
+        *,
+        approve: bool,
+        reason: str = "",
+    ) -> AgentApproval:
+        """Record a person's decision on a paused call. Raises NotFound when the caller
+        cannot see it, Forbidden when they may see but not decide, Conflict when it is no
+        longer pending (decided or expired). Exactly one decision wins a race."""
+        status = "approved" if approve else "denied"
+        outcome = ""
+        async with self.tools.db.session() as s:
+            approval = await s.get(AgentApproval, approval_id)
+            if approval is None:
+                raise NotFound(f"approval {approval_id} not found")
+            role = await self._role(s, approval, decider)
+            if not _may_see(approval, decider, role):
+                raise NotFound(f"approval {approval_id} not found")
+            if not self._may_decide(approval, decider, role):
+                raise Forbidden("only an admin of the workspace may decide on this action")
+            if approval.status == "pending" and approval.expires_at <= utcnow():
+                approval.status = outcome = "expired"
+            else:
+                done = await s.execute(
+                    update(AgentApproval)
+                    .where(AgentApproval.id == approval_id, AgentApproval.status == "pending")
+                    .values(
+                        status=status,
+                        decided_by=decider.user_id if decider else None,
+                        decided_at=utcnow(),
+                        reason=reason or None,
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+                if done.rowcount != 1:  # type: ignore[attr-defined]
+                    outcome = approval.status
+                else:
+                    await self.tools.audit.append(
+                        s,
+                        "tool.approval",
+                        actor=decider.actor if decider else Actor(),
+                        outcome=status,
+                        target=approval.tool,
+                        details={
+                            "approval_id": approval.id,
+                            "arguments": approval.arguments,
+                            "requested_by": approval.owner_id,
+                            "reason": reason,
+                        },
+                    )
+        if outcome:
+            raise Conflict(f"approval {approval_id} is {outcome}, not pending")
+        approval.status, approval.reason = status, reason or None
+        return approval
+
+    async def resumption(
+        self, approval: AgentApproval, *, approved: bool, reason: str = ""
+    ) -> Resumption:
+        """What ``run`` needs to go on after ``decide``: the requester's tool context."""
+        principal = _principal_from(approval.principal)
+        context = await self.tools.context_for(principal)
+        return Resumption(approval, approved, reason, context)
+
+    async def _resume(
+        self, prepared: PreparedAnswer, resumption: Resumption
+    ) -> AsyncIterator[Event]:
+        approval = resumption.approval
+        state = RunState.from_json(approval.state)
+        context = resumption.context
+        step = state.steps_done
+        if resumption.approved:
+            outcome = await self.tools.execute(
+                approval.tool, approval.arguments, context, approved=True
+            )
+        else:
+            why = "a person refused this action"
+            outcome = await self.tools.refuse(
+                approval.tool,
+                approval.arguments,
+                context,
+                f"{why}: {resumption.reason}" if resumption.reason else why,
+            )
+        state.used.append(approval.tool)
+        yield _result_event(approval.call_id, outcome)
+        _observe(state, approval.tool, outcome.status, outcome.output)
+        async for event in self._loop(prepared, state, context, first=step == 0):
+            yield event
+
+    # -- the loop -------------------------------------------------------------------------
+
+    async def _loop(
+        self, prepared: PreparedAnswer, state: RunState, context: ToolContext, *, first: bool
+    ) -> AsyncIterator[Event]:
+        limits = self.settings.agents
+        names = [t.name for t in self.tools.available(context)]
         params = GenerationParams(
             temperature=0.0,
             max_tokens=limits.step_tokens,
             response_format=ResponseFormat("json_schema", _schema(names), "agent_step"),
         )
-        started = time.monotonic()
-        prompt_tokens = completion_tokens = 0
-        used: list[str] = []
-        for step_number in range(1, limits.max_iterations + 1):
+        started = time.monotonic() - state.seconds
+        while state.steps_done < limits.max_iterations:
+            step_number = state.steps_done + 1
             if time.monotonic() - started > limits.max_seconds:
                 yield ErrorEvent(
                     "budget_exceeded", f"the agent ran out of time ({limits.max_seconds:g}s)"
                 )
                 return
-            if prompt_tokens + completion_tokens > limits.max_tokens:
+            if state.prompt_tokens + state.completion_tokens > limits.max_tokens:
                 yield ErrorEvent("budget_exceeded", "the agent ran out of its token budget")
                 return
             step: Step | None = None
             problem = ""
-            for attempt in range(2):  # one repair attempt
+            for _attempt in range(2):  # one repair attempt
                 text: list[str] = []
-                async for event in self.router.stream(prepared.route, messages, params):
+                async for event in self.router.stream(prepared.route, state.messages, params):
                     if isinstance(event, Token):
                         text.append(event.text)
                     elif isinstance(event, Usage):
-                        prompt_tokens += event.prompt_tokens
-                        completion_tokens += event.completion_tokens
-                    elif isinstance(event, BackendSelected) and step_number == 1 and attempt == 0:
+                        state.prompt_tokens += event.prompt_tokens
+                        state.completion_tokens += event.completion_tokens
+                    elif isinstance(event, BackendSelected) and first:
+                        first = False
                         yield event
                     elif isinstance(event, ErrorEvent):
                         yield event
@@ -195,8 +337,7 @@ class AgentMode:
                 except ValueError as exc:
                     problem = str(exc)
                     log.info("agent_step_unreadable", step=step_number, problem=problem)
-                    messages = [
-                        *messages,
+                    state.messages += [
                         ChatMessage("assistant", reply),
                         ChatMessage(
                             "user",
@@ -209,37 +350,17 @@ class AgentMode:
                     "agent_output_invalid", f"the model's step was not usable: {problem}"
                 )
                 return
+            state.steps_done = step_number
             if step.thought:
                 yield Thought(step.thought, step_number)
             if step.action == _ANSWER:
                 yield Token(step.answer)
-                yield Usage(prompt_tokens, completion_tokens)
-                yield Done("stop", {"steps": step_number, "tools": used})
+                yield Usage(state.prompt_tokens, state.completion_tokens)
+                yield Done("stop", {"steps": step_number, "tools": state.used})
                 return
             call_id = uuid.uuid4().hex[:12]
             yield ToolCall(call_id, step.action, step.arguments, step_number)
-            outcome = await self.tools.execute(step.action, step.arguments, context)
-            used.append(step.action)
-            yield ToolResult(
-                call_id,
-                step.action,
-                outcome.status,
-                outcome.output,
-                outcome.duration_ms,
-                outcome.audit_seq,
-            )
-            if outcome.status == "pending":
-                yield Token(
-                    f"The action {step.action} needs approval before it runs; nothing was done."
-                )
-                yield Usage(prompt_tokens, completion_tokens)
-                yield Done("approval_required", {"steps": step_number, "tools": used})
-                return
-            observation = outcome.output
-            if len(observation) > _OBSERVATION_CHARS:
-                observation = observation[:_OBSERVATION_CHARS] + "\n… (cut)"
-            messages = [
-                *messages,
+            state.messages.append(
                 ChatMessage(
                     "assistant",
                     json.dumps(
@@ -250,13 +371,184 @@ class AgentMode:
                         },
                         ensure_ascii=False,
                     ),
-                ),
-                ChatMessage(
-                    "user",
-                    f'<observation tool="{step.action}" status="{outcome.status}">\n'
-                    f"{observation}\n</observation>\nNext step (one JSON object).",
-                ),
-            ]
+                )
+            )
+            outcome = await self.tools.execute(step.action, step.arguments, context)
+            yield _result_event(call_id, outcome)
+            if outcome.status == "pending":
+                state.seconds = time.monotonic() - started
+                approval = await self._pause(prepared, state, context, call_id, step)
+                yield ApprovalRequired(
+                    approval.id,
+                    call_id,
+                    step.action,
+                    step.arguments,
+                    approval.risk,
+                    approval.expires_at.isoformat(),
+                )
+                yield Token(
+                    f"The action {step.action} needs a person's approval before it runs "
+                    f"(approval {approval.id}); nothing was done yet."
+                )
+                yield Usage(state.prompt_tokens, state.completion_tokens)
+                yield Done(
+                    "approval_required",
+                    {"steps": step_number, "tools": state.used, "approval_id": approval.id},
+                )
+                return
+            state.used.append(step.action)
+            _observe(state, step.action, outcome.status, outcome.output)
         yield Token(f"I stopped after {limits.max_iterations} steps without reaching an answer.")
-        yield Usage(prompt_tokens, completion_tokens)
-        yield Done("length", {"steps": limits.max_iterations, "tools": used})
+        yield Usage(state.prompt_tokens, state.completion_tokens)
+        yield Done("length", {"steps": limits.max_iterations, "tools": state.used})
+
+    async def _pause(
+        self,
+        prepared: PreparedAnswer,
+        state: RunState,
+        context: ToolContext,
+        call_id: str,
+        step: Step,
+    ) -> AgentApproval:
+        request = prepared.request
+        principal = request.principal
+        tool = self.tools.registry.get(step.action)
+        approval = AgentApproval(
+            id=new_id(),
+            owner_id=principal.user_id if principal else None,
+            workspace_id=principal.workspace_id if principal else None,
+            message_id=request.message_id,
+            model=request.model,
+            call_id=call_id,
+            tool=step.action,
+            arguments=step.arguments,
+            risk=tool.risk.value if tool is not None else "execute",
+            principal=_principal_json(principal),
+            state=state.to_json(),
+            status="pending",
+            expires_at=utcnow() + timedelta(seconds=self.settings.agents.approval_ttl_seconds),
+        )
+        async with self.tools.db.session() as s:
+            s.add(approval)
+        log.info("agent_paused", approval_id=approval.id, tool=step.action)
+        return approval
+
+    # -- who may see and decide -----------------------------------------------------------
+
+    @staticmethod
+    async def _role(
+        s: AsyncSession, approval: AgentApproval, decider: Principal | None
+    ) -> str | None:
+        if decider is None or approval.workspace_id is None:
+            return None
+        member = await s.get(Membership, (approval.workspace_id, decider.user_id))
+        return member.role if member is not None else None
+
+    def _may_decide(
+        self, approval: AgentApproval, decider: Principal | None, role: str | None
+    ) -> bool:
+        if decider is None:  # the operator decides on the operator's runs
+            return approval.owner_id is None
+        if role == Role.ADMIN:
+            return True
+        return (
+            self.settings.agents.approvers == "requester"
+            and approval.owner_id == decider.user_id
+            and decider.allows(Scope.TOOLS)
+        )
+
+    async def list_approvals(
+        self, viewer: Principal | None, *, status: str | None = "pending", limit: int = 100
+    ) -> list[AgentApproval]:
+        """Approvals the viewer may see: their own runs', and every one of the workspaces
+        they administer. Pending ones past their time are shown as expired."""
+        async with self.tools.db.session() as s:
+            await s.execute(
+                update(AgentApproval)
+                .where(AgentApproval.status == "pending", AgentApproval.expires_at <= utcnow())
+                .values(status="expired")
+            )
+            query = select(AgentApproval).order_by(AgentApproval.created_at.desc()).limit(limit)
+            if status is not None:
+                query = query.where(AgentApproval.status == status)
+            if viewer is None:
+                query = query.where(AgentApproval.owner_id.is_(None))
+            else:
+                administered = select(Membership.workspace_id).where(
+                    Membership.user_id == viewer.user_id, Membership.role == Role.ADMIN
+                )
+                query = query.where(
+                    or_(
+                        AgentApproval.owner_id == viewer.user_id,
+                        AgentApproval.workspace_id.in_(administered),
+                    )
+                )
+            return list((await s.scalars(query)).all())
+
+    async def get_approval(self, approval_id: str, viewer: Principal | None) -> AgentApproval:
+        async with self.tools.db.reader() as s:
+            approval = await s.get(AgentApproval, approval_id)
+            role = await self._role(s, approval, viewer) if approval is not None else None
+        if approval is None or not _may_see(approval, viewer, role):
+            raise NotFound(f"approval {approval_id} not found")
+        return approval
+
+
+def _may_see(approval: AgentApproval, viewer: Principal | None, role: str | None) -> bool:
+    if viewer is None:
+        return approval.owner_id is None
+    return approval.owner_id == viewer.user_id or role == Role.ADMIN
+
+
+def _result_event(call_id: str, outcome: ToolOutcome) -> ToolResult:
+    return ToolResult(
+        call_id,
+        outcome.tool,
+        outcome.status,
+        outcome.output,
+        outcome.duration_ms,
+        outcome.audit_seq,
+    )
+
+
+def _observe(state: RunState, tool: str, status: str, output: str) -> None:
+    observation = output
+    if len(observation) > _OBSERVATION_CHARS:
+        observation = observation[:_OBSERVATION_CHARS] + "\n… (cut)"
+    state.messages.append(
+        ChatMessage(
+            "user",
+            f'<observation tool="{tool}" status="{status}">\n'
+            f"{observation}\n</observation>\nNext step (one JSON object).",
+        )
+    )
+
+
+def _principal_json(principal: Principal | None) -> dict[str, Any] | None:
+    if principal is None:
+        return None
+    return {
+        "user_id": principal.user_id,
+        "username": principal.username,
+        "is_admin": principal.is_admin,
+        "scopes": sorted(principal.scopes),
+        "workspace_id": principal.workspace_id,
+        "session_id": principal.session_id,
+        "api_key_id": principal.api_key_id,
+        "ip": principal.ip,
+    }
+
+
+def _principal_from(data: dict[str, Any] | None) -> Principal | None:
+    if data is None:
+        return None
+    return Principal(
+        user_id=data["user_id"],
+        username=data["username"],
+        is_admin=bool(data["is_admin"]),
+        scopes=frozenset(data["scopes"]),
+        workspace_id=data["workspace_id"],
+        session_id=data.get("session_id"),
+        api_key_id=data.get("api_key_id"),
+        ip=data.get("ip"),
+    )

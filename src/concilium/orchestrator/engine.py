@@ -47,6 +47,8 @@ class AnswerRequest:
     retrieval: dict[str, Any] | None = None
     #: Who asks, for the agent's tools (policy, audit, workspace); None: the operator.
     principal: Principal | None = None
+    #: The stored assistant message this answer fills, when it is a conversation turn.
+    message_id: str | None = None
 
 
 #: ``rag:<collection>`` or ``rag:<collection>@<model>``: a grounded answer as a model id,
@@ -124,8 +126,9 @@ class Orchestrator:
             raise InvalidRequest(f"mode {request.mode!r} is not available (available: {known})")
         return request.mode
 
-    async def prepare(self, request: AnswerRequest) -> PreparedAnswer:
-        """Validate and check quotas: every refusal here is a 4xx before any work."""
+    async def prepare(self, request: AnswerRequest, context: Any = None) -> PreparedAnswer:
+        """Validate and check quotas: every refusal here is a 4xx before any work.
+        ``context``: what the mode needs, already resolved (e.g. an agent run resuming)."""
         if not request.messages:
             raise InvalidRequest("messages must not be empty")
         request = expand_rag_model(request)
@@ -133,8 +136,9 @@ class Orchestrator:
         route = self.router.resolve(request.model)
         if request.account is not None and self.meter is not None:
             await self.meter.check(request.account)
-        check = getattr(self.modes[mode], "prepare", None)
-        context = await check(request) if check is not None else None
+        if context is None:
+            check = getattr(self.modes[mode], "prepare", None)
+            context = await check(request) if check is not None else None
         return PreparedAnswer(request, mode, route, context)
 
     async def stream(self, prepared: PreparedAnswer) -> AsyncIterator[Event]:

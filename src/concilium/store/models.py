@@ -26,6 +26,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = [
     "DEFAULT_TITLE",
+    "AgentApproval",
     "ApiKey",
     "AuditEntry",
     "AuthSession",
@@ -164,6 +165,8 @@ class Message(Base):
     params: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     #: The passages a grounded answer cites, numbered as in its text.
     sources: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    #: An agent's steps: thoughts, tool calls and their results, approvals.
+    steps: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     conversation: Mapped[Conversation] = relationship(back_populates="messages")
@@ -496,3 +499,38 @@ class IngestItem(Base):
     version_id: Mapped[str | None] = mapped_column(String(32))
     chunks: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class AgentApproval(Base):
+    """A tool call waiting for a person: the agent run paused before it, with what it
+    needs to go on once someone approves or denies it.
+
+    status: pending → approved | denied (then the run resumes) or expired."""
+
+    __tablename__ = "agent_approvals"
+    __table_args__ = (Index("ix_agent_approvals_workspace_status", "workspace_id", "status"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    #: Who started the run (None: the operator, from the command line).
+    owner_id: Mapped[str | None] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    workspace_id: Mapped[str | None] = mapped_column(String(32))
+    #: The answer being written, when the run is a conversation turn.
+    message_id: Mapped[str | None] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), index=True
+    )
+    model: Mapped[str] = mapped_column(String(200))
+    call_id: Mapped[str] = mapped_column(String(32))
+    tool: Mapped[str] = mapped_column(String(100))
+    arguments: Mapped[dict[str, Any]] = mapped_column(JSON)
+    risk: Mapped[str] = mapped_column(String(16))
+    #: The requester as the policy saw them, and the run's transcript and budgets so far.
+    principal: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    state: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    decided_by: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    decided_at: Mapped[datetime | None] = mapped_column()

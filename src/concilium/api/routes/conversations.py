@@ -89,6 +89,11 @@ class MessageOut(BaseModel):
         description="Grounded answers: the passages [n] refers to (n, document, "
         "location, snippet, cited…).",
     )
+    steps: list[dict[str, Any]] | None = Field(
+        None,
+        description="Agent answers: thoughts, tool calls, their results and approvals, "
+        "in order (also those after an approval resumed the run).",
+    )
     created_at: datetime
 
 

@@ -1,15 +1,35 @@
-"""The agent's tools, as the caller's policy sees them."""
+"""The agent's tools as the caller's policy sees them, and the calls waiting for a person."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
-from pydantic import BaseModel
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
 
-from concilium.agents.tools import ToolContext
 from concilium.api.deps import ChatPrincipal, ServicesDep
-from concilium.api.schemas import problem_responses
+from concilium.api.schemas import ID_PATTERN, SafeText, problem_responses
+from concilium.api.streaming import event_stream_response, until_disconnect
+from concilium.auth.principal import Principal, Scope
+from concilium.auth.quotas import Account
+from concilium.events import (
+    ApprovalRequired,
+    Done,
+    ErrorEvent,
+    Event,
+    Thought,
+    Token,
+    ToolCall,
+    ToolResult,
+    event_to_dict,
+)
+from concilium.orchestrator.agent import AgentMode, RunState
+from concilium.orchestrator.engine import AnswerRequest
+from concilium.services import Services
+from concilium.store.models import AgentApproval, Message
 
 __all__ = ["router"]
 
@@ -27,8 +47,7 @@ class ToolOut(BaseModel):
 @router.get("/tools", response_model=list[ToolOut])
 async def list_tools(principal: ChatPrincipal, services: ServicesDep) -> list[ToolOut]:
     """Tools the caller's agent may use (``approval``: a person approves each call)."""
-    root = services.settings.workspaces_dir / principal.workspace_id
-    context = ToolContext(principal=principal, root=root)
+    context = await services.tools.context_for(principal)
     out = []
     for tool in services.tools.available(context):
         decision = services.tools.policy.decide(tool, context)
@@ -42,3 +61,197 @@ async def list_tools(principal: ChatPrincipal, services: ServicesDep) -> list[To
             )
         )
     return out
+
+
+# -- approvals ----------------------------------------------------------------------------
+
+
+class ApprovalOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    status: str = Field(description="pending, approved, denied or expired.")
+    tool: str
+    arguments: dict[str, Any]
+    risk: str
+    model: str
+    owner_id: str | None = Field(description="Who started the run.")
+    workspace_id: str | None
+    message_id: str | None = Field(description="The answer it belongs to, in a conversation.")
+    decided_by: str | None
+    reason: str | None
+    created_at: datetime
+    expires_at: datetime
+    decided_at: datetime | None
+
+
+class Decision(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: Annotated[SafeText, Field(max_length=2000)] = Field(
+        "", description="Why (shown to the agent when denied, and audited)."
+    )
+    stream: bool = Field(False, description="Stream the rest of the run as server-sent events.")
+
+
+class ResumedOut(BaseModel):
+    approval: ApprovalOut
+    answer: str = Field(description="The run's answer after the decision.")
+    finish_reason: str | None
+    steps: list[dict[str, Any]] = Field(description="Thoughts, tool calls and results since.")
+    error: dict[str, Any] | None = None
+
+
+ApprovalId = Annotated[str, Path(pattern=ID_PATTERN, description="Approval id.")]
+
+
+def _agent(services: Services) -> AgentMode:
+    mode = services.orchestrator.modes.get("agent")
+    assert isinstance(mode, AgentMode)
+    return mode
+
+
+@router.get("/agent/approvals", response_model=list[ApprovalOut])
+async def list_approvals(
+    principal: ChatPrincipal,
+    services: ServicesDep,
+    status: Annotated[
+        Literal["pending", "approved", "denied", "expired", "all"], Query()
+    ] = "pending",
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> list[AgentApproval]:
+    """Paused tool calls the caller may see: from their own runs, and from every run in
+    the workspaces they administer."""
+    return await _agent(services).list_approvals(
+        principal, status=None if status == "all" else status, limit=limit
+    )
+
+
+@router.get("/agent/approvals/{approval_id}", response_model=ApprovalOut)
+async def get_approval(
+    approval_id: ApprovalId, principal: ChatPrincipal, services: ServicesDep
+) -> AgentApproval:
+    return await _agent(services).get_approval(approval_id, principal)
+
+
+DECISION_RESPONSES: dict[int | str, dict[str, object]] = {
+    200: {
+        "description": "The decision and the rest of the run, or with `stream: true` / "
+        "`Accept: text/event-stream` its events: tool_result, thought, tool_call…, "
+        "token, usage, done | error.",
+        "content": {"text/event-stream": {}},
+    }
+}
+
+
+@router.post(
+    "/agent/approvals/{approval_id}/approve",
+    response_model=ResumedOut,
+    responses=DECISION_RESPONSES,
+)
+async def approve(
+    approval_id: ApprovalId,
+    body: Decision,
+    request: Request,
+    principal: ChatPrincipal,
+    services: ServicesDep,
+) -> ResumedOut | StreamingResponse:
+    """Run the paused call and let the agent go on."""
+    return await _decide(services, principal, approval_id, body, request, approve=True)
+
+
+@router.post(
+    "/agent/approvals/{approval_id}/deny",
+    response_model=ResumedOut,
+    responses=DECISION_RESPONSES,
+)
+async def deny(
+    approval_id: ApprovalId,
+    body: Decision,
+    request: Request,
+    principal: ChatPrincipal,
+    services: ServicesDep,
+) -> ResumedOut | StreamingResponse:
+    """Refuse the paused call: the agent is told so (with the reason) and goes on."""
+    return await _decide(services, principal, approval_id, body, request, approve=False)
+
+
+async def _decide(
+    services: Services,
+    principal: Principal,
+    approval_id: str,
+    body: Decision,
+    request: Request,
+    *,
+    approve: bool,
+) -> ResumedOut | StreamingResponse:
+    agent = _agent(services)
+    pending = await agent.get_approval(approval_id, principal)  # 404 before anything
+    principal.require(Scope.TOOLS)
+    services.router.resolve(pending.model)  # a model gone since is a 4xx, not a lost decision
+    approval = await agent.decide(approval_id, principal, approve=approve, reason=body.reason)
+    resumption = await agent.resumption(approval, approved=approve, reason=body.reason)
+    account = None
+    if approval.owner_id is not None and approval.workspace_id is not None:
+        account = Account(approval.owner_id, approval.workspace_id)
+    state = RunState.from_json(approval.state)
+    prepared = await services.orchestrator.prepare(
+        AnswerRequest(
+            messages=state.messages,
+            model=approval.model,
+            mode="agent",
+            account=account,
+            principal=resumption.context.principal,
+            message_id=approval.message_id,
+        ),
+        context=resumption,
+    )
+    events: AsyncIterator[Event]
+    stop = None
+    stored = approval.message_id is not None and await _exists(services, approval.message_id)
+    if stored:
+        assert approval.message_id is not None
+        generation = await services.chat.resume(approval.message_id, prepared)
+        events = generation.events()
+
+        async def stop_generation() -> None:
+            generation.cancel()
+
+        stop = stop_generation
+    else:
+        events = services.orchestrator.stream(prepared)
+
+        async def close_stream() -> None:
+            await events.aclose()  # type: ignore[attr-defined]
+
+        stop = close_stream
+    wants_stream = body.stream or "text/event-stream" in request.headers.get("accept", "")
+    if wants_stream:
+        return event_stream_response(events, stop)
+    return await until_disconnect(request, _collect(approval, events))
+
+
+async def _exists(services: Services, message_id: str) -> bool:
+    async with services.db.reader() as s:
+        return await s.get(Message, message_id) is not None
+
+
+async def _collect(approval: AgentApproval, events: AsyncIterator[Event]) -> ResumedOut:
+    answer: list[str] = []
+    steps: list[dict[str, Any]] = []
+    finish: str | None = None
+    error: dict[str, Any] | None = None
+    async for event in events:
+        if isinstance(event, Token):
+            answer.append(event.text)
+        elif isinstance(event, Thought | ToolCall | ToolResult | ApprovalRequired):
+            steps.append(event_to_dict(event))
+        elif isinstance(event, Done):
+            finish = event.finish_reason
+        elif isinstance(event, ErrorEvent):
+            error = event_to_dict(event)
+    return ResumedOut(
+        approval=ApprovalOut.model_validate(approval),
+        answer="".join(answer),
+        finish_reason=finish,
+        steps=steps,
+        error=error,
+    )
