@@ -10,10 +10,19 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from concilium.events import Done, ErrorEvent, Event, Thought, Token, ToolCall, ToolResult
+from concilium.events import (
+    ApprovalRequired,
+    Done,
+    ErrorEvent,
+    Event,
+    Thought,
+    Token,
+    ToolCall,
+    ToolResult,
+)
 from concilium.knowledge.service import Upload
 from concilium.llm.base import ChatMessage
-from concilium.orchestrator.agent import parse_step
+from concilium.orchestrator.agent import AgentMode, RunState, parse_step
 from concilium.orchestrator.engine import AnswerRequest
 from concilium.services import Services, running_services
 from concilium.store.models import AuditEntry, Workspace
@@ -244,3 +253,96 @@ def test_the_agent_model_id_over_the_openai_api(fake_live: tuple[Any, FakeOpenAI
     assert observation.startswith('<observation tool="calculator" status="ok">\n42\n')
     unknown = live.http.post("/v1/chat/completions", json={**body, "model": "agent:nope"})
     assert unknown.status_code == 404
+
+
+async def test_a_backend_that_calls_tools_natively_gets_them_as_openai_tools(
+    make_settings: SettingsFactory, fake_openai: tuple[FakeOpenAI, str]
+) -> None:
+    fake, url = fake_openai
+    settings = make_settings(
+        backends={"remote": remote_backend(url, options={"native_tools": True})},
+        chat={"default_model": "fake-model"},
+        cache={"enabled": False},
+    )
+    fake.push(
+        Behaviour(
+            text="Let me compute.",
+            tool_calls=[
+                {"id": "call_a", "name": "calculator", "arguments": '{"expression": "6 * 7"}'},
+                {"id": "call_b", "name": "calculator", "arguments": '{"expression": '},
+            ],
+        ),
+        Behaviour(text="6 * 7 = 42."),
+    )
+    async with running_services(settings) as services:
+        events = await _run(services, "What is 6 * 7?")
+    first = fake.requests[0]
+    assert "response_format" not in first
+    assert first["tool_choice"] == "auto"
+    offered = {t["function"]["name"] for t in first["tools"]}
+    assert {"calculator", "list_files"} <= offered
+    assert "shell" not in offered
+    thought = next(e for e in events if isinstance(e, Thought))
+    assert thought.text == "Let me compute."
+    results = [e for e in events if isinstance(e, ToolResult)]
+    assert [(r.id, r.status, r.output) for r in results[:1]] == [("call_a", "ok", "42")]
+    assert results[1].status == "error"
+    assert "invalid JSON arguments" in results[1].output
+    assert [e.text for e in events if isinstance(e, Token)] == ["6 * 7 = 42."]
+    # The transcript went back in OpenAI's own shape.
+    second = fake.requests[1]["messages"]
+    assistant = second[-3]
+    assert assistant["role"] == "assistant"
+    assert [c["id"] for c in assistant["tool_calls"]] == ["call_a", "call_b"]
+    assert assistant["tool_calls"][0]["function"] == {
+        "name": "calculator",
+        "arguments": '{"expression": "6 * 7"}',
+    }
+    assert [(m["role"], m["tool_call_id"]) for m in second[-2:]] == [
+        ("tool", "call_a"),
+        ("tool", "call_b"),
+    ]
+    assert second[-2]["content"] == "[ok] 42"
+    done = events[-1]
+    assert isinstance(done, Done)
+    assert done.extra == {"steps": 2, "tools": ["calculator", "calculator"]}
+
+
+async def test_a_native_run_pauses_and_resumes_with_tool_messages(
+    make_settings: SettingsFactory, fake_openai: tuple[FakeOpenAI, str]
+) -> None:
+    fake, url = fake_openai
+    settings = make_settings(
+        backends={"remote": remote_backend(url, options={"native_tools": True})},
+        chat={"default_model": "fake-model"},
+        cache={"enabled": False},
+        agents={"tools": {"shell": {"enabled": True}}},
+    )
+    fake.push(
+        Behaviour(
+            text="",
+            tool_calls=[
+                {"id": "call_s", "name": "shell", "arguments": '{"command": "echo hi"}'},
+                {"id": "call_t", "name": "current_time", "arguments": "{}"},
+            ],
+        ),
+        Behaviour(text="The shell said hi."),
+    )
+    async with running_services(settings) as services:
+        events = await _run(services, "say hi in the shell")
+        paused = next(e for e in events if isinstance(e, ApprovalRequired))
+        agent = services.orchestrator.modes["agent"]
+        assert isinstance(agent, AgentMode)
+        approval = await agent.decide(paused.id, None, approve=True)
+        resumption = await agent.resumption(approval, approved=True)
+        state = RunState.from_json(approval.state)
+        assert state.native
+        prepared = await services.orchestrator.prepare(
+            AnswerRequest(state.messages, mode="agent"), context=resumption
+        )
+        rest = [e async for e in services.orchestrator.stream(prepared)]
+    assert [e.text for e in rest if isinstance(e, Token)] == ["The shell said hi."]
+    sent = fake.requests[-1]["messages"]
+    answers = {m["tool_call_id"]: m["content"] for m in sent if m["role"] == "tool"}
+    assert answers["call_s"] == "[ok] exit code 0\nhi\n"
+    assert answers["call_t"].startswith("[skipped]")

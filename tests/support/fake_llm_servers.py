@@ -31,6 +31,8 @@ class Behaviour:
     start_delay: float = 0.0
     die_after: int = 2  # chunks sent before "die"
     usage: bool = True
+    #: Native tool calls sent after the text: {"id", "name", "arguments": JSON text}.
+    tool_calls: list[dict[str, str]] = field(default_factory=list)
 
 
 def words(text: str) -> list[str]:
@@ -149,7 +151,7 @@ class FakeOpenAI(FakeLLMServer):
             if b.kind == "malformed":
                 yield b"data: {this is not json\n\n"
                 return
-            pieces = words(b.text)
+            pieces = words(b.text) if b.text else []
             limit = body.get("max_tokens")
             finish = "stop"
             if limit is not None and limit < len(pieces):
@@ -163,6 +165,16 @@ class FakeOpenAI(FakeLLMServer):
                 yield self._chunk({"content": piece})
                 if b.chunk_delay:
                     await asyncio.sleep(b.chunk_delay)
+            for index, call in enumerate(b.tool_calls):  # as OpenAI streams them
+                head = {"index": index, "id": call["id"], "type": "function"}
+                head["function"] = {"name": call["name"], "arguments": ""}
+                yield self._chunk({"tool_calls": [head]})
+                half = len(call["arguments"]) // 2
+                for part in (call["arguments"][:half], call["arguments"][half:]):
+                    yield self._chunk(
+                        {"tool_calls": [{"index": index, "function": {"arguments": part}}]}
+                    )
+                finish = "tool_calls"
             yield self._chunk({}, finish)
             if b.usage and (body.get("stream_options") or {}).get("include_usage"):
                 usage = {

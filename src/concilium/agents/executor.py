@@ -95,12 +95,17 @@ class ToolExecutor:
         return ToolContext(principal, root, self.services, role)
 
     async def refuse(
-        self, name: str, arguments: dict[str, Any], context: ToolContext, reason: str
+        self,
+        name: str,
+        arguments: dict[str, Any],
+        context: ToolContext,
+        reason: str,
+        *,
+        status: Status = "denied",
     ) -> ToolOutcome:
-        """Record a call a person refused (it never runs)."""
-        return await self._record(
-            name, _dump(arguments), "denied", reason, time.monotonic(), context
-        )
+        """Record a call that does not run: a person refused it ("denied"), or it could not
+        be read ("error")."""
+        return await self._record(name, _dump(arguments), status, reason, time.monotonic(), context)
 
     def available(self, context: ToolContext) -> list[Tool]:
         """The tools this caller may use (with or without approval)."""

@@ -30,9 +30,29 @@ Role = Literal["system", "user", "assistant", "tool"]
 class ChatMessage:
     role: Role
     content: str
+    #: Native tool calling: the calls an assistant message made ({"id", "name",
+    #: "arguments": JSON text}), and the call a "tool" message answers.
+    tool_calls: tuple[dict[str, str], ...] = ()
+    tool_call_id: str | None = None
 
     def to_dict(self) -> dict[str, str]:
         return {"role": self.role, "content": self.content}
+
+    def to_openai(self) -> dict[str, Any]:
+        """The OpenAI wire form, tool calls included."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = [
+                {
+                    "id": call["id"],
+                    "type": "function",
+                    "function": {"name": call["name"], "arguments": call["arguments"]},
+                }
+                for call in self.tool_calls
+            ]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +74,10 @@ class GenerationParams:
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     response_format: ResponseFormat | None = None
+    #: Native tool calling (backends that declare it): OpenAI ``tools`` entries, and
+    #: "auto", "none" or "required".
+    tools: tuple[dict[str, Any], ...] = ()
+    tool_choice: str | None = None
 
     def cache_key_part(self) -> str:
         fmt = self.response_format
@@ -67,6 +91,8 @@ class GenerationParams:
                 self.presence_penalty,
                 self.frequency_penalty,
                 None if fmt is None else [fmt.type, fmt.schema],
+                list(self.tools),
+                self.tool_choice,
             ],
             sort_keys=True,
         )
@@ -89,6 +115,8 @@ class Chunk:
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    #: Native tool calling, on the last chunk: {"id", "name", "arguments": JSON text}.
+    tool_calls: tuple[dict[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +158,10 @@ class Backend(ABC):
         self.config = config
         self.settings = settings
         self.options: Any = self._parse_options(config.options)
+
+    def calls_tools(self) -> bool:
+        """Whether this backend takes ``tools`` and answers ``tool_calls`` natively."""
+        return self.supports_tools
 
     def _parse_options(self, raw: dict[str, Any]) -> Any:
         if self.options_model is None:

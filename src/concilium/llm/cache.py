@@ -61,7 +61,12 @@ class ResponseCache:
         scope: str, model: str, messages: Sequence[ChatMessage], params: GenerationParams
     ) -> str:
         payload = json.dumps(
-            [scope, model, [[m.role, m.content] for m in messages], params.cache_key_part()],
+            [
+                scope,
+                model,
+                [[m.role, m.content, list(m.tool_calls), m.tool_call_id] for m in messages],
+                params.cache_key_part(),
+            ],
             ensure_ascii=False,
         )
         return hashlib.sha256(payload.encode()).hexdigest()

@@ -8,7 +8,7 @@ budget (``max_tokens``) is then lowered to what the window has left.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from concilium.llm.base import Backend, ChatMessage
 
@@ -84,10 +84,10 @@ async def fit_to_window(
         room = budget - others
         if room <= 8:
             # Even the system prompt does not fit: cut it down too.
-            kept = [ChatMessage(m.role, _cut_middle(m.content, 0.5)) for m in kept]
+            kept = [replace(m, content=_cut_middle(m.content, 0.5)) for m in kept]
         else:
-            kept[-1] = ChatMessage(
-                latest.role, _cut_middle(latest.content, room / latest_count * 0.95)
+            kept[-1] = replace(
+                latest, content=_cut_middle(latest.content, room / latest_count * 0.95)
             )
         truncated = True
         total = sum(await backend.token_counts(model, kept)) + 4

@@ -289,6 +289,8 @@ class Router:
             extra: dict[str, object] = {}
             if fitted.dropped or fitted.truncated:
                 extra = {"dropped_messages": fitted.dropped, "truncated": fitted.truncated}
+            if last is not None and last.tool_calls:
+                extra["tool_calls"] = [dict(call) for call in last.tool_calls]
             if cache_key is not None and finish in ("stop", "length"):
                 await self.cache.put(
                     cache_key,

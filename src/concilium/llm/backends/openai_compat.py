@@ -27,13 +27,19 @@ class OpenAICompatOptions(OptionsModel):
     stream_usage: bool = Field(True, description="Ask for usage in the stream (stream_options).")
     verify_tls: bool = Field(True, description="Verify the server's TLS certificate.")
     connect_timeout: float = Field(5.0, gt=0, description="TCP/TLS connect timeout, seconds.")
+    native_tools: bool = Field(
+        False,
+        description="The server takes OpenAI `tools` and answers `tool_calls` (OpenAI, vLLM "
+        "with a tool parser, llama.cpp server --jinja…): the agent then calls tools natively "
+        "instead of through a JSON schema.",
+    )
 
 
 def _payload(request: ChatRequest, stream_usage: bool) -> dict[str, Any]:
     p = request.params
     body: dict[str, Any] = {
         "model": request.model,
-        "messages": [m.to_dict() for m in request.messages],
+        "messages": [m.to_openai() for m in request.messages],
         "stream": True,
     }
     if stream_usage:
@@ -60,13 +66,51 @@ def _payload(request: ChatRequest, stream_usage: bool) -> dict[str, Any]:
             }
         else:
             body["response_format"] = {"type": "json_object"}
+    if p.tools:
+        body["tools"] = list(p.tools)
+        body["tool_choice"] = p.tool_choice or "auto"
     return body
+
+
+class _ToolCallParts:
+    """Tool calls streamed as deltas (by index: id and name once, arguments in pieces)."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, dict[str, str]] = {}
+
+    def add(self, deltas: Any) -> None:
+        for position, delta in enumerate(deltas if isinstance(deltas, list) else ()):
+            if not isinstance(delta, dict):
+                continue
+            index = delta.get("index", position)
+            call = self._calls.setdefault(
+                index if isinstance(index, int) else position,
+                {"id": "", "name": "", "arguments": ""},
+            )
+            if isinstance(delta.get("id"), str):
+                call["id"] = delta["id"]
+            function = delta.get("function") or {}
+            if isinstance(function.get("name"), str):
+                call["name"] += function["name"]
+            if isinstance(function.get("arguments"), str):
+                call["arguments"] += function["arguments"]
+
+    def calls(self) -> tuple[dict[str, str], ...]:
+        out = []
+        for index in sorted(self._calls):
+            call = self._calls[index]
+            if call["name"]:
+                out.append({**call, "id": call["id"] or f"call_{index}"})
+        return tuple(out)
 
 
 class OpenAICompatBackend(Backend):
     supports_json_schema = True
     options_model: ClassVar[type[OptionsModel]] = OpenAICompatOptions
     options: OpenAICompatOptions
+
+    def calls_tools(self) -> bool:
+        return self.options.native_tools
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -82,6 +126,7 @@ class OpenAICompatBackend(Backend):
         finish: str | None = None
         prompt_tokens: int | None = None
         completion_tokens: int | None = None
+        tool_calls = _ToolCallParts()
         done = False
         try:
             async with self._http.session.post(
@@ -105,9 +150,12 @@ class OpenAICompatBackend(Backend):
                             count_or_none(usage.get("completion_tokens")) or completion_tokens
                         )
                     for choice in data.get("choices") or ():
-                        text = (choice.get("delta") or {}).get("content")
+                        delta = choice.get("delta") or {}
+                        text = delta.get("content")
                         if text:
                             yield Chunk(text=text)
+                        if delta.get("tool_calls"):
+                            tool_calls.add(delta["tool_calls"])
                         finish = choice.get("finish_reason") or finish
         except BackendError:
             raise
@@ -117,10 +165,12 @@ class OpenAICompatBackend(Backend):
             raise BackendError(f"{self.name}: malformed response ({type(exc).__name__})") from exc
         if not done and finish is None:
             raise BackendError(f"{self.name}: stream ended without [DONE]")
+        calls = tool_calls.calls()
         yield Chunk(
-            finish_reason=finish or "stop",
+            finish_reason="tool_calls" if calls else (finish or "stop"),
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
+            tool_calls=calls,
         )
 
     async def _get_models(self) -> list[str]:
