@@ -455,6 +455,12 @@ class AgentSettings(_Section):
         30_000, ge=1000, description="Model tokens (prompt + output) one answer may spend."
     )
     step_tokens: int = Field(512, ge=64, le=8192, description="Output tokens of one step.")
+    written_answer: bool = Field(
+        True,
+        description="After tools were used, write the final answer in plain text from "
+        "the whole run (one more, streamed, model call) instead of the one-line draft of "
+        "the JSON step (backends without native tool calling).",
+    )
     tools: dict[str, ToolSettings] = Field(
         default_factory=dict, description="Per-tool switches, by tool name."
     )

@@ -107,7 +107,10 @@ def test_a_paused_call_is_listed_then_approved_and_the_answer_is_stored(
             == 422
         )
 
-        fake.push(_step("answer", answer="6 x 7 = 42, saved in answer.txt."))
+        fake.push(
+            _step("answer", answer="42, saved."),
+            Behaviour(text="6 x 7 = 42, saved in answer.txt."),
+        )
         with httpx_sse.connect_sse(
             owner,
             "POST",
@@ -115,7 +118,11 @@ def test_a_paused_call_is_listed_then_approved_and_the_answer_is_stored(
             json={"reason": "looks fine", "stream": True},
         ) as source:
             events = [(e.event, json.loads(e.data)) for e in source.iter_sse()]
-        assert [kind for kind, _ in events] == ["tool_result", "thought", "token", "usage", "done"]
+        kinds_after = [kind for kind, _ in events if kind != "token"]
+        assert kinds_after == ["tool_result", "thought", "usage", "done"]
+        assert "".join(d["text"] for k, d in events if k == "token") == (
+            "6 x 7 = 42, saved in answer.txt."
+        )
         result = events[0][1]
         assert (result["tool"], result["status"], result["output"]) == (
             "shell",
@@ -124,7 +131,7 @@ def test_a_paused_call_is_listed_then_approved_and_the_answer_is_stored(
         )
         assert (workspace / "answer.txt").read_text().strip() == "42"
         # The model saw the observation of the approved call.
-        seen = fake.requests[-1]["messages"][-1]["content"]
+        seen = fake.requests[-2]["messages"][-1]["content"]
         assert seen.startswith('<observation tool="shell" status="ok">')
 
         again = owner.post(f"/api/agent/approvals/{paused['id']}/approve", json={})
@@ -179,7 +186,10 @@ def test_a_denied_call_never_runs_and_the_agent_is_told_why(
                 AnswerRequest(RunState.from_json(approval.state).messages, mode="agent"),
                 context=resumption,
             )
-            fake.push(_step("answer", answer="I did not clean up: it was refused."))
+            fake.push(
+                _step("answer", answer="Refused."),
+                Behaviour(text="I did not clean up: it was refused."),
+            )
             rest: list[Event] = [e async for e in services.orchestrator.stream(prepared)]
             result = rest[0]
             assert isinstance(result, ToolResult)
@@ -188,7 +198,7 @@ def test_a_denied_call_never_runs_and_the_agent_is_told_why(
                 "a person refused this action: not today",
             )
             assert rest[-1] == Done("stop", {"steps": 2, "tools": ["shell"]})
-            seen = fake.requests[-1]["messages"][-1]["content"]
+            seen = fake.requests[-2]["messages"][-1]["content"]
             assert '<observation tool="shell" status="denied">' in seen
             assert "not today" in seen
             assert not (settings.workspaces_dir / "local" / "deleted-everything").exists()

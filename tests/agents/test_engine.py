@@ -61,11 +61,14 @@ async def test_tools_run_in_order_and_observations_go_back(
     fake.push(
         _step("disk_usage", arguments={}),
         _step("list_files", arguments={}),
-        _step("answer", answer="big.log is the largest file (5000 bytes)."),
+        _step("answer", answer="big.log is the largest file."),
+        Behaviour(text="big.log is the largest file (5000 bytes); the disk has room."),
     )
     async with running_services(settings) as services:
         events = await _run(services, "Which file is largest, and how much disk is free?")
-    kinds = [e.type for e in events]
+    kinds = [
+        e.type for i, e in enumerate(events) if e.type != "token" or events[i - 1].type != "token"
+    ]
     assert kinds == [
         "backend",
         "thought",
@@ -83,8 +86,17 @@ async def test_tools_run_in_order_and_observations_go_back(
     assert [(r.tool, r.status) for r in results] == [("disk_usage", "ok"), ("list_files", "ok")]
     assert results[1].output.splitlines()[0] == "big.log\t5000"
     # The model saw each observation, marked as data.
-    last = fake.requests[-1]["messages"][-1]["content"]
+    last = fake.requests[-2]["messages"][-1]["content"]
     assert last.startswith('<observation tool="list_files" status="ok">\nbig.log\t5000')
+    # After the tools, the answer is written in plain text from the whole run, streamed.
+    write = fake.requests[-1]
+    assert "response_format" not in write
+    assert (
+        "The task: Which file is largest, and how much disk is free?"
+        in (write["messages"][-1]["content"])
+    )
+    answer = "".join(e.text for e in events if isinstance(e, Token))
+    assert answer == "big.log is the largest file (5000 bytes); the disk has room."
     assert fake.requests[0]["response_format"]["type"] == "json_schema"
     schema = fake.requests[0]["response_format"]["json_schema"]["schema"]
     assert "disk_usage" in schema["properties"]["action"]["enum"]
@@ -243,13 +255,14 @@ def test_the_agent_model_id_over_the_openai_api(fake_live: tuple[Any, FakeOpenAI
     assert "agent" in {m["id"] for m in live.http.get("/v1/models").json()["data"]}
     fake.push(
         _step("calculator", arguments={"expression": "6 * 7"}),
-        _step("answer", answer="6 x 7 = 42"),
+        _step("answer", answer="42"),
+        Behaviour(text="6 x 7 = 42"),
     )
     body = {"model": "agent", "messages": [{"role": "user", "content": "6 times 7?"}]}
     answer = live.http.post("/v1/chat/completions", json=body)
     assert answer.status_code == 200, answer.text
     assert answer.json()["choices"][0]["message"]["content"] == "6 x 7 = 42"
-    observation = fake.requests[-1]["messages"][-1]["content"]
+    observation = fake.requests[-2]["messages"][-1]["content"]
     assert observation.startswith('<observation tool="calculator" status="ok">\n42\n')
     unknown = live.http.post("/v1/chat/completions", json={**body, "model": "agent:nope"})
     assert unknown.status_code == 404
