@@ -24,6 +24,16 @@ from tests.support.live import Live, LiveFactory, remote_backend
 SHELL_ON = {"tools": {"shell": {"enabled": True}}}
 
 
+def _scripted(url: str) -> dict[str, Any]:
+    """Settings: the scripted model answers, the shell is enabled (behind approval)."""
+    return {
+        "backends": {"remote": remote_backend(url)},
+        "chat": {"default_model": "fake-model"},
+        "cache": {"enabled": False},
+        "agents": SHELL_ON,
+    }
+
+
 def _step(action: str, **fields: Any) -> Behaviour:
     return Behaviour(text=json.dumps({"thought": f"use {action}", "action": action, **fields}))
 
@@ -53,12 +63,7 @@ def test_a_paused_call_is_listed_then_approved_and_the_answer_is_stored(
     live_server: LiveFactory, fake_openai: tuple[FakeOpenAI, str]
 ) -> None:
     fake, url = fake_openai
-    with live_server(
-        backends={"remote": remote_backend(url)},
-        chat={"default_model": "fake-model"},
-        cache={"enabled": False},
-        agents=SHELL_ON,
-    ) as live:
+    with live_server(**_scripted(url)) as live:
         _, owner = live.login("admin", ["chat", "tools"])
         fake.push(
             _step("calculator", arguments={"expression": "6 * 7"}),
@@ -157,12 +162,7 @@ def test_a_denied_call_never_runs_and_the_agent_is_told_why(
     make_settings: SettingsFactory, fake_openai: tuple[FakeOpenAI, str]
 ) -> None:
     fake, url = fake_openai
-    settings = make_settings(
-        backends={"remote": remote_backend(url)},
-        chat={"default_model": "fake-model"},
-        cache={"enabled": False},
-        agents=SHELL_ON,
-    )
+    settings = make_settings(**_scripted(url))
 
     async def scenario() -> None:
         async with running_services(settings) as services:
@@ -221,12 +221,7 @@ def test_an_expired_approval_cannot_be_decided(
     live_server: LiveFactory, fake_openai: tuple[FakeOpenAI, str]
 ) -> None:
     fake, url = fake_openai
-    with live_server(
-        backends={"remote": remote_backend(url)},
-        chat={"default_model": "fake-model"},
-        cache={"enabled": False},
-        agents=SHELL_ON,
-    ) as live:
+    with live_server(**_scripted(url)) as live:
         _, owner = live.login("admin", ["chat", "tools"])
         fake.push(_step("shell", arguments={"command": "uptime"}))
         turn = _start(live, owner, "uptime?")

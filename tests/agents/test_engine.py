@@ -40,9 +40,13 @@ async def _run(services: Services, task: str) -> list[Event]:
     return [e async for e in services.orchestrator.answer(request)]
 
 
-def _settings(make_settings: SettingsFactory, url: str, **agents: Any) -> Any:
+def _settings(
+    make_settings: SettingsFactory, url: str, *, native: bool = False, **agents: Any
+) -> Any:
+    """The scripted model behind the real router (``native``: it calls tools natively)."""
+    options = {"native_tools": True} if native else {}
     return make_settings(
-        backends={"remote": remote_backend(url)},
+        backends={"remote": remote_backend(url, options=options)},
         chat={"default_model": "fake-model"},
         cache={"enabled": False},
         agents=agents,
@@ -272,11 +276,7 @@ async def test_a_backend_that_calls_tools_natively_gets_them_as_openai_tools(
     make_settings: SettingsFactory, fake_openai: tuple[FakeOpenAI, str]
 ) -> None:
     fake, url = fake_openai
-    settings = make_settings(
-        backends={"remote": remote_backend(url, options={"native_tools": True})},
-        chat={"default_model": "fake-model"},
-        cache={"enabled": False},
-    )
+    settings = _settings(make_settings, url, native=True)
     fake.push(
         Behaviour(
             text="Let me compute.",
@@ -325,12 +325,7 @@ async def test_a_native_run_pauses_and_resumes_with_tool_messages(
     make_settings: SettingsFactory, fake_openai: tuple[FakeOpenAI, str]
 ) -> None:
     fake, url = fake_openai
-    settings = make_settings(
-        backends={"remote": remote_backend(url, options={"native_tools": True})},
-        chat={"default_model": "fake-model"},
-        cache={"enabled": False},
-        agents={"tools": {"shell": {"enabled": True}}},
-    )
+    settings = _settings(make_settings, url, native=True, tools={"shell": {"enabled": True}})
     fake.push(
         Behaviour(
             text="",
