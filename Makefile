@@ -55,7 +55,8 @@ lint: install
 
 # The load test drives the server with wrk (Debian package `wrk`). The knowledge
 # benchmarks compare with bm25s, Chroma and rank_bm25 (the `bench` extra); the latency one
-# takes about 40 minutes at 1M chunks (LATENCY_SIZES=10000,100000 for a quick run).
+# takes about 40 minutes at 1M chunks (LATENCY_SIZES=10000,100000 for a quick run). The
+# orchestration ones run the three bundled chat models (about half an hour together).
 LATENCY_SIZES ?= 10000,100000,1000000
 bench: install $(VENV)/.test-model
 	@command -v wrk >/dev/null || (apt-get install -y wrk || (apt-get update && apt-get install -y wrk))
@@ -66,6 +67,8 @@ bench: install $(VENV)/.test-model
 	$(PY) benchmarks/knowledge_quality.py --write
 	$(PY) benchmarks/knowledge_ingestion.py --write
 	$(PY) benchmarks/knowledge_latency.py --sizes $(LATENCY_SIZES) --write
+	$(PY) benchmarks/orchestration_router.py --write
+	$(PY) benchmarks/consensus_qa.py --write
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

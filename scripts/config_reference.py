@@ -11,7 +11,14 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from concilium.config import BackendSettings, ModelAlias, Settings, ToolSettings
+from concilium.config import (
+    BackendSettings,
+    ConsensusProfile,
+    ConsensusWorker,
+    ModelAlias,
+    Settings,
+    ToolSettings,
+)
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 START, END = "<!-- reference:start -->", "<!-- reference:end -->"
@@ -67,6 +74,8 @@ def reference() -> str:
         ("backends.NAME", BackendSettings, "one backend"),
         ("models.NAME", ModelAlias, "a model alias"),
         ("agents.tools.NAME", ToolSettings, "one tool's switches"),
+        ("orchestration.consensus.NAME", ConsensusProfile, "a consensus profile"),
+        ("orchestration.consensus.NAME.workers[]", ConsensusWorker, "one consensus worker"),
     ):
         parts += ["", f"### `{prefix}` — {title}", ""]
         parts += _table([(f"{prefix}.{n}", f) for n, f in model.model_fields.items()])

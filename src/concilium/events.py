@@ -19,12 +19,15 @@ __all__ = [
     "Event",
     "EventStream",
     "MessageStarted",
+    "Reformulated",
+    "RouteChosen",
     "Sources",
     "Thought",
     "Token",
     "ToolCall",
     "ToolResult",
     "Usage",
+    "WorkerProgress",
     "event_to_dict",
 ]
 
@@ -134,6 +137,51 @@ class ApprovalRequired:
 
 
 @dataclass(frozen=True, slots=True)
+class RouteChosen:
+    """How the request will be answered: the mode, and in mode auto why.
+
+    ``intent``: chit_chat, generation, knowledge, operational or clarification (None
+    when the mode was asked for); ``method``: requested, embedding, model or default.
+    """
+
+    type: ClassVar[str] = "route"
+    mode: str
+    intent: str | None = None
+    confidence: float | None = None
+    method: str = "requested"
+    reason: str = ""
+    collections: tuple[str, ...] = ()
+    profile: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reformulated:
+    """The question as searched: rewritten standalone from the conversation, and any
+    extra phrasings (multi-query)."""
+
+    type: ClassVar[str] = "reformulation"
+    original: str
+    query: str
+    queries: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerProgress:
+    """A consensus worker's state: started, answered, failed, timeout or stopped."""
+
+    type: ClassVar[str] = "worker"
+    worker: int
+    name: str
+    model: str
+    status: str
+    answer: str | None = None
+    completion_tokens: int = 0
+    duration_ms: int = 0
+    confidence: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorEvent:
     """The answer failed; the stream ends after this event."""
 
@@ -163,6 +211,9 @@ Event = (
     | ToolCall
     | ToolResult
     | ApprovalRequired
+    | RouteChosen
+    | Reformulated
+    | WorkerProgress
     | ErrorEvent
     | Done
 )

@@ -7,10 +7,12 @@ setup token; ``stop`` ends generations and releases resources.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import structlog
 
 from concilium.agents.executor import ToolExecutor, build_tools
@@ -30,8 +32,11 @@ from concilium.llm.registry import build_backends
 from concilium.llm.router import Router
 from concilium.observability.metrics import Metrics
 from concilium.orchestrator.agent import AgentMode
+from concilium.orchestrator.consensus import ConsensusMode
 from concilium.orchestrator.engine import Orchestrator
+from concilium.orchestrator.intent import IntentClassifier, Vectorise
 from concilium.orchestrator.rag import RagMode
+from concilium.orchestrator.routing import IntentRouting
 from concilium.store.db import Database
 from concilium.store.migrate import upgrade
 
@@ -76,10 +81,20 @@ class Services:
         knowledge = KnowledgeService(
             settings, db, workspaces, EmbedderRegistry(settings), RerankerRegistry(settings, router)
         )
-        orchestrator.register_mode(RagMode(settings, router, knowledge))
+        rag = RagMode(settings, router, knowledge, prompts=orchestrator.prompts)
+        orchestrator.register_mode(rag)
         tools = build_tools(settings, audit, db)
         tools.services["knowledge"] = knowledge
         orchestrator.register_mode(AgentMode(settings, router, tools))
+        orchestrator.register_mode(ConsensusMode(settings, router))
+        routing = settings.orchestration.router
+        if routing.enabled:
+            classifier = IntentClassifier(
+                routing,
+                _vectoriser(knowledge, routing.embedder or knowledge.embedders.default),
+                router,
+            )
+            orchestrator.auto = IntentRouting(settings, classifier, rag)
         return cls(
             settings=settings,
             db=db,
@@ -135,6 +150,19 @@ class Services:
                 log.exception("backend_close_failed", backend=backend.name)
         await self.db.dispose()
         log.info("services_stopped")
+
+
+def _vectoriser(knowledge: KnowledgeService, embedder: str) -> Vectorise:
+    """The classifier's embeddings: one question goes through the retriever's cache of
+    query vectors, shared with retrieval; the examples are embedded in one batch."""
+
+    async def vectorise(texts: Sequence[str]) -> np.ndarray:
+        if len(texts) == 1:
+            return np.asarray([await knowledge.retriever.query_vector(embedder, texts[0])])
+        model = knowledge.embedders.get(embedder)
+        return np.asarray(await asyncio.to_thread(model.embed, list(texts), "query"))
+
+    return vectorise
 
 
 @asynccontextmanager

@@ -56,7 +56,8 @@ def test_ask_streams_an_answer_to_stdout(env: dict[str, str]) -> None:
     result = run(env, "ask", "What is the capital of France?", "--max-tokens", "20", stdin="")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
-    assert result.stderr == ""
+    # Only how it was answered goes to stderr: the route the router chose.
+    assert [line[:2] for line in result.stderr.splitlines()] == ["→ "]
 
 
 def test_ask_reads_piped_input_and_prints_json(env: dict[str, str]) -> None:

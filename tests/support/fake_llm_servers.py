@@ -33,6 +33,8 @@ class Behaviour:
     usage: bool = True
     #: Native tool calls sent after the text: {"id", "name", "arguments": JSON text}.
     tool_calls: list[dict[str, str]] = field(default_factory=list)
+    #: Each token's log-probability, sent when the request asks for ``logprobs``.
+    logprob: float | None = None
 
 
 def words(text: str) -> list[str]:
@@ -54,6 +56,9 @@ class FakeLLMServer:
         self.models = ["fake-model"]
         self.rerank_words: list[str] = []
         self.rerank_requests: list[dict[str, Any]] = []
+        #: Behaviour by requested model name (before the queue): parallel callers each
+        #: get their own script whatever the order of their requests.
+        self.by_model: dict[str, Behaviour] = {}
 
     def push(self, *behaviours: Behaviour) -> None:
         with self._lock:
@@ -63,6 +68,8 @@ class FakeLLMServer:
         with self._lock:
             self.requests.append(body)
             self.headers.append(dict(request.headers))
+            if body.get("model") in self.by_model:
+                return self.by_model[body["model"]]
             return self.queue.popleft() if self.queue else self.default
 
     @property
@@ -128,13 +135,20 @@ class FakeOpenAI(FakeLLMServer):
             return JSONResponse({"error": {"message": "this fake only streams"}}, status_code=400)
         return StreamingResponse(self._events(body, b), media_type="text/event-stream")
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+    def _chunk(
+        self, delta: dict[str, Any], finish: str | None = None, logprob: float | None = None
+    ) -> bytes:
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+        if logprob is not None:
+            choice["logprobs"] = {
+                "content": [{"token": delta.get("content", ""), "logprob": logprob}]
+            }
         data = {
             "id": "chatcmpl-fake",
             "object": "chat.completion.chunk",
             "created": 0,
             "model": "fake-model",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            "choices": [choice],
         }
         return f"data: {json.dumps(data)}\n\n".encode()
 
@@ -162,7 +176,8 @@ class FakeOpenAI(FakeLLMServer):
                     # when the connection breaks, and tests assert on what got through.
                     await asyncio.sleep(0.1)
                     raise ConnectionAbortedError("scripted death mid-stream")
-                yield self._chunk({"content": piece})
+                logprob = b.logprob if body.get("logprobs") else None
+                yield self._chunk({"content": piece}, logprob=logprob)
                 if b.chunk_delay:
                     await asyncio.sleep(b.chunk_delay)
             for index, call in enumerate(b.tool_calls):  # as OpenAI streams them

@@ -107,7 +107,15 @@ class GenerationFields(BaseModel):
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     response_format: ResponseFormatIn | None = None
-    mode: Literal["auto", "direct", "rag", "agent"] = "auto"
+    mode: Literal["auto", "direct", "rag", "agent", "consensus"] = Field(
+        "auto", description="How to answer; auto lets the router pick."
+    )
+    profile: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(
+        None, description="Mode consensus: the profile (default: default)."
+    )
+    reformulate: bool | None = Field(
+        None, description="Rewrite a follow-up as a standalone query before retrieval."
+    )
     collections: (
         Annotated[list[Annotated[str, Field(min_length=1, max_length=100)]], Field(max_length=20)]
         | None

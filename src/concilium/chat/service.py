@@ -30,12 +30,15 @@ from concilium.events import (
     ErrorEvent,
     Event,
     MessageStarted,
+    Reformulated,
+    RouteChosen,
     Sources,
     Thought,
     Token,
     ToolCall,
     ToolResult,
     Usage,
+    WorkerProgress,
     event_to_dict,
 )
 from concilium.llm.base import ChatMessage, GenerationParams
@@ -75,6 +78,10 @@ class TurnOptions:
     retrieval: dict[str, Any] | None = None
     #: The caller, for agent tools (policy, audit, workspace).
     principal: Principal | None = None
+    #: Mode consensus: the profile.
+    profile: str | None = None
+    #: Rewrite follow-ups before retrieval (None: the settings decide).
+    reformulate: bool | None = None
 
 
 class Generation:
@@ -417,6 +424,8 @@ class ChatService:
             retrieval=options.retrieval,
             principal=options.principal,
             message_id=assistant_id,
+            profile=options.profile,
+            reformulate=options.reformulate,
         )
         prepared = await self.orchestrator.prepare(request)  # 4xx here rolls the turn back
         assistant = await repo.add_message(
@@ -513,7 +522,15 @@ class ChatService:
 
 
 #: Events of an agent's work kept with its message.
-_STEP_EVENTS = (Thought, ToolCall, ToolResult, ApprovalRequired)
+_STEP_EVENTS = (
+    RouteChosen,
+    Reformulated,
+    WorkerProgress,
+    Thought,
+    ToolCall,
+    ToolResult,
+    ApprovalRequired,
+)
 
 
 class _AnswerRecord:
@@ -546,7 +563,8 @@ class _AnswerRecord:
         elif isinstance(event, Sources):
             self.sources = [dict(source) for source in event.sources]
         elif isinstance(event, _STEP_EVENTS):
-            self.steps.append(event_to_dict(event))
+            if not (isinstance(event, WorkerProgress) and event.status == "started"):
+                self.steps.append(event_to_dict(event))
         elif isinstance(event, Done):
             self.cited = list(event.extra.get("cited", []))
 

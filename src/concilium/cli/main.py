@@ -117,10 +117,16 @@ def ask(
             "--collection", "-C", help="Answer from this knowledge collection, with citations."
         ),
     ] = None,
+    mode: Annotated[
+        str,
+        typer.Option(help="auto (the router picks), direct, rag, agent or consensus."),
+    ] = "auto",
+    profile: Annotated[str | None, typer.Option(help="Consensus profile (mode consensus).")] = None,
     config: ConfigOption = None,
 ) -> None:
     """One question, one streamed answer on stdout. Piped input is appended to the question.
-    With --collection, the answer is grounded in its documents and lists its sources."""
+    With --collection, the answer is grounded in its documents and lists its sources. How
+    it is answered (route, rewritten query, consensus workers) goes to stderr."""
     piped = "" if sys.stdin.isatty() else sys.stdin.read()
     if question in (None, "-"):
         text = piped
@@ -140,6 +146,8 @@ def ask(
             _params(temperature, max_tokens),
             as_json,
             tuple(collection or ()),
+            mode,
+            profile,
         )
     )
     raise typer.Exit(code)
@@ -153,8 +161,21 @@ async def _ask(
     params: Any,
     as_json: bool,
     collections: tuple[str, ...] = (),
+    mode: str = "auto",
+    profile: str | None = None,
 ) -> int:
-    from concilium.events import BackendSelected, Done, ErrorEvent, Sources, Token, Usage
+    from concilium.events import (
+        BackendSelected,
+        Done,
+        ErrorEvent,
+        Reformulated,
+        RouteChosen,
+        Sources,
+        Token,
+        Usage,
+        WorkerProgress,
+        event_to_dict,
+    )
     from concilium.llm.base import ChatMessage
     from concilium.orchestrator.engine import AnswerRequest
     from concilium.services import running_services
@@ -173,7 +194,9 @@ async def _ask(
                     [(await find_collection(services, workspace_id, c)).id for c in collections]
                 )
             prepared = await services.orchestrator.prepare(
-                AnswerRequest(messages, model, params, collections=collections)
+                AnswerRequest(
+                    messages, model, params, mode=mode, collections=collections, profile=profile
+                )
             )
         except ConciliumError as exc:
             err.print(f"[red]{exc.code}:[/] {exc.detail}")
@@ -193,10 +216,31 @@ async def _ask(
                 }
             elif isinstance(event, Sources):
                 result["sources"] = list(event.sources)
+            elif isinstance(event, RouteChosen):
+                result["route"] = event_to_dict(event)
+                if not as_json:
+                    why = (
+                        f" ({event.intent} {event.confidence:.2f}, {event.method})"
+                        if event.intent
+                        else ""
+                    )
+                    err.print(f"[dim]→ {event.mode}{why}[/]")
+            elif isinstance(event, Reformulated):
+                result["query"] = event.query
+                if not as_json:
+                    err.print(f"[dim]searching: {event.query}[/]")
+            elif isinstance(event, WorkerProgress):
+                if event.status != "started":
+                    result.setdefault("workers", []).append(event_to_dict(event))
+                if not as_json:
+                    shown = f": {event.error}" if event.error else ""
+                    err.print(f"[dim]worker {event.name} {event.status}{shown}[/]")
             elif isinstance(event, Done):
                 result["finish_reason"] = event.finish_reason
                 if "cited" in event.extra:
                     result["cited"] = event.extra["cited"]
+                if "consensus" in event.extra:
+                    result["consensus"] = event.extra["consensus"]
             elif isinstance(event, ErrorEvent):
                 if not as_json:
                     sys.stdout.write("\n")
@@ -228,7 +272,10 @@ async def _account(services: Any, username: str) -> Any:
     return Account(found.id, found.personal_workspace_id)
 
 
-_CHAT_HELP = "/new  new conversation · /model NAME  switch model · /retry  answer again · /exit"
+_CHAT_HELP = (
+    "/new  new conversation · /model NAME  switch model · /mode NAME  auto, direct, rag, "
+    "agent, consensus · /retry  answer again · /exit"
+)
 
 
 @app.command()
@@ -242,11 +289,14 @@ def chat(
             "default: the local operator's own conversations."
         ),
     ] = None,
+    mode: Annotated[
+        str, typer.Option(help="auto (the router picks), direct, rag, agent or consensus.")
+    ] = "auto",
     config: ConfigOption = None,
 ) -> None:
     """Interactive chat in the terminal; answers stream, Ctrl-C stops one, Ctrl-D leaves."""
     from concilium.chat.service import TurnOptions
-    from concilium.events import ErrorEvent, MessageStarted, Token
+    from concilium.events import ErrorEvent, MessageStarted, RouteChosen, Token, WorkerProgress
     from concilium.services import Services
 
     settings = _settings(config)
@@ -272,6 +322,10 @@ def chat(
                         last_user = event.user_message_id
                     elif isinstance(event, Token):
                         console.out(event.text, end="", highlight=False)
+                    elif isinstance(event, RouteChosen) and event.intent:
+                        console.print(f"[dim]→ {event.mode} ({event.intent})[/]")
+                    elif isinstance(event, WorkerProgress) and event.status != "started":
+                        console.print(f"[dim]worker {event.name} {event.status}[/]")
                     elif isinstance(event, ErrorEvent):
                         console.print(f"\n[red]{event.code}: {event.message}[/]", end="")
                 console.out("")
@@ -285,7 +339,7 @@ def chat(
                 text = line.strip()
                 if not text:
                     continue
-                options = TurnOptions(model=model)
+                options = TurnOptions(model=model, mode=mode)
                 if text in ("/exit", "/quit"):
                     break
                 if text == "/help":
@@ -298,6 +352,10 @@ def chat(
                 if text.startswith("/model"):
                     model = text.removeprefix("/model").strip() or None
                     console.print(f"[dim]model: {model or 'default'}[/]")
+                    continue
+                if text.startswith("/mode"):
+                    mode = text.removeprefix("/mode").strip() or "auto"
+                    console.print(f"[dim]mode: {mode}[/]")
                     continue
                 try:
                     if text == "/retry":

@@ -78,6 +78,8 @@ class GenerationParams:
     #: "auto", "none" or "required".
     tools: tuple[dict[str, Any], ...] = ()
     tool_choice: str | None = None
+    #: Ask for the log-probability of each generated token (backends that give them).
+    logprobs: bool = False
 
     def cache_key_part(self) -> str:
         fmt = self.response_format
@@ -93,6 +95,7 @@ class GenerationParams:
                 None if fmt is None else [fmt.type, fmt.schema],
                 list(self.tools),
                 self.tool_choice,
+                self.logprobs,
             ],
             sort_keys=True,
         )
@@ -117,6 +120,8 @@ class Chunk:
     completion_tokens: int | None = None
     #: Native tool calling, on the last chunk: {"id", "name", "arguments": JSON text}.
     tool_calls: tuple[dict[str, str], ...] = ()
+    #: Log-probabilities of the tokens in ``text`` (when asked for and given).
+    logprobs: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

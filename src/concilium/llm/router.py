@@ -231,6 +231,7 @@ class Router:
                     target.model, fitted.messages, replace(params, max_tokens=fitted.max_tokens)
                 )
                 parts: list[str] = []
+                logprobs: list[float] = []
                 last: Chunk | None = None
                 t0 = time.perf_counter()
                 async for chunk in self._guarded(backend, request):
@@ -245,6 +246,8 @@ class Router:
                     if chunk.text:
                         parts.append(chunk.text)
                         yield Token(chunk.text)
+                    if chunk.logprobs:
+                        logprobs.extend(chunk.logprobs)
                     if chunk.finish_reason is not None:
                         last = chunk
             except BackendError as exc:
@@ -291,6 +294,9 @@ class Router:
                 extra = {"dropped_messages": fitted.dropped, "truncated": fitted.truncated}
             if last is not None and last.tool_calls:
                 extra["tool_calls"] = [dict(call) for call in last.tool_calls]
+            if logprobs:
+                # The mean log-probability of the answer's tokens: its confidence.
+                extra["logprob"] = sum(logprobs) / len(logprobs)
             if cache_key is not None and finish in ("stop", "length"):
                 await self.cache.put(
                     cache_key,

@@ -16,16 +16,30 @@ from sqlalchemy.exc import SQLAlchemyError
 from concilium.auth.principal import Principal
 from concilium.auth.quotas import Account, UsageMeter
 from concilium.errors import ConciliumError, InvalidRequest
-from concilium.events import BackendSelected, ErrorEvent, Event, EventStream, Usage
+from concilium.events import (
+    BackendSelected,
+    Done,
+    ErrorEvent,
+    Event,
+    EventStream,
+    RouteChosen,
+    Usage,
+)
 from concilium.llm.base import ChatMessage, GenerationParams
 from concilium.llm.router import Route, Router
+from concilium.orchestrator.prompt import PromptBuilder, PromptParts
 
 __all__ = [
+    "AGENT_MODEL",
+    "CONSENSUS_MODEL",
+    "MODES",
     "RAG_PREFIX",
     "AnswerRequest",
+    "AutoRouting",
     "Mode",
     "Orchestrator",
     "PreparedAnswer",
+    "expand_model_id",
     "expand_rag_model",
 ]
 
@@ -49,11 +63,21 @@ class AnswerRequest:
     principal: Principal | None = None
     #: The stored assistant message this answer fills, when it is a conversation turn.
     message_id: str | None = None
+    #: Mode consensus: the profile (settings ``orchestration.consensus``); None: default.
+    profile: str | None = None
+    #: Rewrite follow-ups before retrieval (None: the settings decide).
+    reformulate: bool | None = None
 
 
+#: Modes a request may name; ``auto`` lets the router pick among the others.
+MODES = ("auto", "direct", "rag", "agent", "consensus")
 #: ``rag:<collection>`` or ``rag:<collection>@<model>``: a grounded answer as a model id,
 #: for clients that only know how to pick a model.
 RAG_PREFIX = "rag:"
+#: ``agent`` or ``agent:<model>``: Concilium's agent, its tools under the policy.
+AGENT_MODEL = "agent"
+#: ``consensus`` or ``consensus:<profile>``: several models answer, one answer comes out.
+CONSENSUS_MODEL = "consensus"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +87,8 @@ class PreparedAnswer:
     route: Route
     #: What the mode's own ``prepare`` checked and resolved (e.g. collections).
     context: Any = None
+    #: How the mode was chosen, sent first in the stream.
+    decision: RouteChosen | None = None
 
 
 class Mode(Protocol):
@@ -75,20 +101,41 @@ class Mode(Protocol):
 
 
 class DirectMode:
-    """Send the conversation to the model as it is."""
+    """The conversation to the model, built within its window (old turns summarised)."""
 
     name = "direct"
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, prompts: PromptBuilder | None = None) -> None:
         self.router = router
+        self.prompts = prompts
 
     def run(self, prepared: PreparedAnswer) -> EventStream:
+        return self._run(prepared)
+
+    async def _run(self, prepared: PreparedAnswer) -> AsyncIterator[Event]:
         req = prepared.request
         # Cached answers are shared only within one account's own requests.
         scope = self.name if req.account is None else f"{self.name}:{req.account.user_id}"
-        return self.router.stream(
-            prepared.route, req.messages, req.params, use_cache=req.use_cache, cache_scope=scope
-        )
+        messages = list(req.messages)
+        report: dict[str, Any] | None = None
+        if self.prompts is not None and messages:
+            system = "\n\n".join(m.content for m in messages if m.role == "system" and m.content)
+            turns = [m for m in messages if m.role != "system"]
+            if turns:
+                built = await self.prompts.build(
+                    prepared.route,
+                    PromptParts(system=system, history=turns[:-1], question=turns[-1]),
+                    req.params.max_tokens or self.router.settings.chat.max_tokens,
+                )
+                messages = built.messages
+                if built.report.get("summarised") or built.report.get("dropped"):
+                    report = built.report
+        async for event in self.router.stream(
+            prepared.route, messages, req.params, use_cache=req.use_cache, cache_scope=scope
+        ):
+            if report is not None and isinstance(event, Done):
+                event = Done(event.finish_reason, {**event.extra, "context": report})
+            yield event
 
 
 def expand_rag_model(request: AnswerRequest) -> AnswerRequest:
@@ -108,42 +155,107 @@ def expand_rag_model(request: AnswerRequest) -> AnswerRequest:
     )
 
 
+def _expand_prefixed(request: AnswerRequest, prefix: str, mode: str) -> AnswerRequest:
+    """``agent[:<model>]`` and ``consensus[:<profile>]`` as model ids."""
+    rest = request.model[len(prefix) :]
+    if rest and not rest.startswith(":"):
+        return request
+    if request.mode not in ("auto", mode):
+        raise InvalidRequest(f"model {request.model!r} answers in mode {mode}", param="model")
+    value = rest[1:].strip()
+    if mode == "consensus":
+        return replace(request, model="default", mode=mode, profile=value or request.profile)
+    return replace(request, model=value or "default", mode=mode)
+
+
+def expand_model_id(request: AnswerRequest) -> AnswerRequest:
+    """Model ids that name a mode: ``rag:<collection>[@<model>]``, ``agent[:<model>]``,
+    ``consensus[:<profile>]``."""
+    if request.model.startswith(RAG_PREFIX):
+        return expand_rag_model(request)
+    if request.model.startswith(AGENT_MODEL):
+        return _expand_prefixed(request, AGENT_MODEL, "agent")
+    if request.model.startswith(CONSENSUS_MODEL):
+        return _expand_prefixed(request, CONSENSUS_MODEL, "consensus")
+    return request
+
+
+def _announced(decision: RouteChosen) -> bool:
+    """What the caller did not choose is said: the router's decision, the profile."""
+    if decision.method == "default":
+        return False
+    return decision.method != "requested" or decision.profile is not None
+
+
+class AutoRouting(Protocol):
+    """Mode auto: picks the mode (and may name collections) for a request."""
+
+    async def decide(
+        self, request: AnswerRequest, available: Sequence[str]
+    ) -> tuple[AnswerRequest, RouteChosen]: ...
+
+
 class Orchestrator:
-    def __init__(self, router: Router, meter: UsageMeter | None = None) -> None:
+    def __init__(
+        self,
+        router: Router,
+        meter: UsageMeter | None = None,
+        prompts: PromptBuilder | None = None,
+    ) -> None:
         self.router = router
         self.meter = meter
+        self.prompts = prompts or PromptBuilder(router.settings.orchestration.context, router)
         self.modes: dict[str, Mode] = {}
-        self.register_mode(DirectMode(router))
+        self.auto: AutoRouting | None = None
+        self.register_mode(DirectMode(router, self.prompts))
 
     def register_mode(self, mode: Mode) -> None:
         self.modes[mode.name] = mode
 
-    def _choose_mode(self, request: AnswerRequest) -> str:
+    async def _choose_mode(self, request: AnswerRequest) -> tuple[AnswerRequest, RouteChosen]:
         if request.mode == "auto":
-            return "rag" if request.collections and "rag" in self.modes else "direct"
+            if self.auto is not None:
+                request, decision = await self.auto.decide(request, list(self.modes))
+                if decision.mode in self.modes:
+                    return request, decision
+            mode = "rag" if request.collections and "rag" in self.modes else "direct"
+            reason = "collections named" if mode == "rag" else "no router"
+            return request, RouteChosen(mode, method="default", reason=reason)
         if request.mode not in self.modes:
             known = ", ".join(["auto", *self.modes])
             raise InvalidRequest(f"mode {request.mode!r} is not available (available: {known})")
-        return request.mode
+        return request, RouteChosen(request.mode, profile=request.profile)
 
     async def prepare(self, request: AnswerRequest, context: Any = None) -> PreparedAnswer:
         """Validate and check quotas: every refusal here is a 4xx before any work.
         ``context``: what the mode needs, already resolved (e.g. an agent run resuming)."""
         if not request.messages:
             raise InvalidRequest("messages must not be empty")
-        request = expand_rag_model(request)
-        mode = self._choose_mode(request)
-        route = self.router.resolve(request.model)
+        if request.mode not in MODES and request.mode not in self.modes:
+            raise InvalidRequest(f"unknown mode {request.mode!r} (modes: {', '.join(MODES)})")
+        request = expand_model_id(request)
+        # Consensus workers and its merger name their own models.
+        consensus = request.mode == "consensus"
+        route = Route(request.model, ()) if consensus else self.router.resolve(request.model)
+        request, chosen = await self._choose_mode(request)
+        mode = chosen.mode
+        decision: RouteChosen | None = chosen
         if request.account is not None and self.meter is not None:
             await self.meter.check(request.account)
         if context is None:
             check = getattr(self.modes[mode], "prepare", None)
             context = await check(request) if check is not None else None
-        return PreparedAnswer(request, mode, route, context)
+        else:
+            decision = None  # a run resuming: its route was sent when it began
+        if decision is not None and mode == "consensus" and decision.profile is None:
+            decision = replace(decision, profile=getattr(context, "name", None))
+        return PreparedAnswer(request, mode, route, context, decision)
 
     async def stream(self, prepared: PreparedAnswer) -> AsyncIterator[Event]:
         account = prepared.request.account
         cached = False
+        if prepared.decision is not None and _announced(prepared.decision):
+            yield prepared.decision
         try:
             async for event in self.modes[prepared.mode].run(prepared):
                 if isinstance(event, BackendSelected):

@@ -19,7 +19,7 @@ import structlog
 from concilium.auth.principal import Principal, Scope
 from concilium.config import Settings
 from concilium.errors import InvalidRequest
-from concilium.events import Done, Event, Sources, Token, Usage
+from concilium.events import Done, Event, Reformulated, Sources, Token, Usage
 from concilium.knowledge.chunking import count_tokens
 from concilium.knowledge.language import detect_language
 from concilium.knowledge.retrieval import Hit
@@ -28,16 +28,18 @@ from concilium.llm.base import ChatMessage
 from concilium.llm.router import Router
 from concilium.orchestrator.citations import check_citations
 from concilium.orchestrator.engine import AnswerRequest, PreparedAnswer
+from concilium.orchestrator.prompt import PromptBuilder, PromptParts
+from concilium.orchestrator.reformulate import Reformulator
 from concilium.store.models import Collection
 
-__all__ = ["RagMode"]
+__all__ = ["RagMode", "caller_of"]
 
 log = structlog.get_logger(__name__)
 
 _SNIPPET = 300
 #: Model tokens per counted word token, with margin (French subwords run high).
 _TOKEN_RATIO = 1.5
-_SHORT_FOLLOW_UP = 6  # words: a question this short is read with the previous one
+_RRF_K = 60
 
 _INSTRUCTIONS = {
     "fr": (
@@ -69,26 +71,41 @@ class RagContext:
     overrides: dict[str, Any]
 
 
+def caller_of(request: AnswerRequest) -> Principal | None:
+    """Who reads the collections: the request's account, with read rights only."""
+    if request.account is None:
+        return None
+    return Principal(
+        user_id=request.account.user_id,
+        username="",
+        is_admin=False,
+        scopes=frozenset({Scope.KNOWLEDGE_READ}),
+        workspace_id=request.account.workspace_id,
+    )
+
+
 class RagMode:
     name = "rag"
 
-    def __init__(self, settings: Settings, router: Router, knowledge: KnowledgeService) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        router: Router,
+        knowledge: KnowledgeService,
+        reformulator: Reformulator | None = None,
+        prompts: PromptBuilder | None = None,
+    ) -> None:
         self.settings = settings
         self.router = router
         self.knowledge = knowledge
+        orchestration = settings.orchestration
+        self.reformulator = reformulator or Reformulator(orchestration.reformulation, router)
+        self.prompts = prompts or PromptBuilder(orchestration.context, router)
 
     async def prepare(self, request: AnswerRequest) -> RagContext:
         if not request.collections:
             raise InvalidRequest("mode rag needs collections", param="collections")
-        caller = None
-        if request.account is not None:
-            caller = Principal(
-                user_id=request.account.user_id,
-                username="",
-                is_admin=False,
-                scopes=frozenset({Scope.KNOWLEDGE_READ}),
-                workspace_id=request.account.workspace_id,
-            )
+        caller = caller_of(request)
         collections = []
         for ref in dict.fromkeys(request.collections):
             collections.append(await self.knowledge.collection(caller, ref))
@@ -97,29 +114,46 @@ class RagMode:
         self.knowledge.retrieval_settings(collections[0], overrides)
         return RagContext(tuple(collections), overrides)
 
+    async def relevant(
+        self,
+        collections: Sequence[Collection],
+        queries: Sequence[str],
+        overrides: dict[str, Any],
+    ) -> list[Hit]:
+        """Passages at least as relevant as each collection's floor; several queries are
+        searched each and fused by rank (a passage keeps its best relevance)."""
+        options = self.knowledge.retrieval_settings(collections[0], overrides)
+        floors = {
+            c.id: options.min_score
+            if options.min_score is not None
+            else self.knowledge.embedders.get(c.embedder).relevance_floor
+            for c in collections
+        }
+        fused: dict[int, float] = {}
+        best: dict[int, Hit] = {}
+        for query in dict.fromkeys(q for q in queries if q.strip()):
+            hits = await self.knowledge.retriever.search(collections, query, options)
+            for rank, hit in enumerate(hits):
+                if hit.relevance < floors.get(hit.collection_id, 0.0):
+                    continue
+                fused[hit.chunk_id] = fused.get(hit.chunk_id, 0.0) + 1 / (_RRF_K + rank + 1)
+                if hit.chunk_id not in best or hit.relevance > best[hit.chunk_id].relevance:
+                    best[hit.chunk_id] = hit
+        order = sorted(fused, key=lambda c: (-fused[c], -best[c].relevance))
+        return [best[c] for c in order[: options.k]]
+
     def run(self, prepared: PreparedAnswer) -> AsyncIterator[Event]:
         return self._run(prepared)
 
     async def _run(self, prepared: PreparedAnswer) -> AsyncIterator[Event]:
         context: RagContext = prepared.context
         request = prepared.request
-        question = _question(request.messages)
-        language = "fr" if detect_language(question) == "fr" else "en"
-        options = self.knowledge.retrieval_settings(context.collections[0], context.overrides)
-        hits = await self.knowledge.retriever.search(context.collections, question, options)
-        floors = {
-            c.id: options.min_score
-            if options.min_score is not None
-            else self.knowledge.embedders.get(c.embedder).relevance_floor
-            for c in context.collections
-        }
-        relevant = [h for h in hits if h.relevance >= floors.get(h.collection_id, 0.0)]
-        log.info(
-            "rag_retrieved",
-            candidates=len(hits),
-            relevant=len(relevant),
-            best=round(hits[0].relevance, 3) if hits else None,
-        )
+        found = await self.reformulator.reformulate(request.messages, enabled=request.reformulate)
+        if found.rewritten or found.variants:
+            yield Reformulated(found.original, found.query, found.variants)
+        language = "fr" if detect_language(found.original) == "fr" else "en"
+        relevant = await self.relevant(context.collections, found.queries, context.overrides)
+        log.info("rag_retrieved", queries=len(found.queries), relevant=len(relevant))
         if not relevant:
             names = ", ".join(f"« {c.name} »" for c in context.collections)
             yield Sources(())
@@ -135,17 +169,22 @@ class RagMode:
             f"[{n}] {_label(hit)}\n{hit.text.strip()}" for n, hit in enumerate(used, 1)
         )
         # The sources go with the question, where small models look for them; earlier
-        # turns stay as they were.
+        # turns stay as they were (or are summarised when they do not fit).
         system = [m.content for m in request.messages if m.role == "system" and m.content]
         history = [m for m in request.messages if m.role != "system"]
         last = max(i for i, m in enumerate(history) if m.role == "user")
         asked = _LAYOUT[language].format(passages=passages, question=history[last].content)
-        messages = [
-            ChatMessage("system", "\n\n".join([*system, _INSTRUCTIONS[language]])),
-            *history[:last],
-            ChatMessage("user", asked),
-            *history[last + 1 :],
-        ]
+        answer_tokens = request.params.max_tokens or self.settings.chat.max_tokens
+        built = await self.prompts.build(
+            prepared.route,
+            PromptParts(
+                system="\n\n".join([*system, _INSTRUCTIONS[language]]),
+                history=history[:last],
+                question=ChatMessage("user", asked),
+            ),
+            answer_tokens,
+        )
+        messages = built.messages
         scope = "rag" if request.account is None else f"rag:{request.account.user_id}"
         text: list[str] = []
         async for event in self.router.stream(
@@ -165,19 +204,17 @@ class RagMode:
                     "grounded": True,
                     "cited": cited,
                     "citations": [c.to_dict() for c in checked],
+                    "context": built.report,
                 }
                 event = Done(event.finish_reason, extra)
             yield event
 
     def _fit(self, prepared: PreparedAnswer, hits: Sequence[Hit]) -> list[Hit]:
-        """The best passages that fit: the configured budget, and at most half of what the
-        smallest window of the route leaves after the conversation and the answer."""
-        target_windows = [t.backend.context_length(t.model) for t in prepared.route.targets]
-        window = min(target_windows) if target_windows else 4096
+        """The best passages that fit: the configured budget, and the retrieved part's
+        share of the smallest window of the route."""
         answer = prepared.request.params.max_tokens or self.settings.chat.max_tokens
-        conversation = sum(count_tokens(m.content) for m in prepared.request.messages)
-        room = int((window - answer - conversation * _TOKEN_RATIO - 200) / _TOKEN_RATIO)
-        budget = min(self.settings.knowledge.rag_max_context_tokens, max(room, 0))
+        share = self.prompts.budget(prepared.route, "retrieved", answer)
+        budget = min(self.settings.knowledge.rag_max_context_tokens, int(share / _TOKEN_RATIO))
         used: list[Hit] = []
         spent = 0
         for hit in hits:
@@ -187,16 +224,6 @@ class RagMode:
             used.append(hit)
             spent += cost
         return used
-
-
-def _question(messages: Sequence[ChatMessage]) -> str:
-    users = [m.content for m in messages if m.role == "user" and m.content.strip()]
-    if not users:
-        raise InvalidRequest("a grounded answer needs a question from the user")
-    last = users[-1].strip()
-    if len(users) > 1 and len(last.split()) < _SHORT_FOLLOW_UP:
-        return f"{users[-2].strip()} {last}"  # "and in 2024?" means little alone
-    return last
 
 
 def _label(hit: Hit) -> str:

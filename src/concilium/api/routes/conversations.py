@@ -145,6 +145,8 @@ def _options(body: GenerationFields, principal: Principal) -> TurnOptions:
         collections=tuple(body.collections or ()),
         retrieval=body.retrieval.to_dict() if body.retrieval else None,
         principal=principal,
+        profile=body.profile,
+        reformulate=body.reformulate,
     )
 
 

@@ -32,7 +32,22 @@ from concilium.api.streaming import sse_response, until_disconnect
 from concilium.auth.principal import Principal, Scope
 from concilium.chat.service import error_for
 from concilium.errors import InvalidRequest, ModelNotFound, PayloadTooLarge
-from concilium.events import BackendSelected, Done, ErrorEvent, Event, Sources, Token, Usage
+from concilium.events import (
+    BackendSelected,
+    Done,
+    ErrorEvent,
+    Event,
+    Reformulated,
+    RouteChosen,
+    Sources,
+    Thought,
+    Token,
+    ToolCall,
+    ToolResult,
+    Usage,
+    WorkerProgress,
+    event_to_dict,
+)
 from concilium.knowledge.chunking import count_tokens
 from concilium.llm.base import ChatMessage, GenerationParams, ResponseFormat
 from concilium.orchestrator.client_tools import (
@@ -43,7 +58,14 @@ from concilium.orchestrator.client_tools import (
     reply_schema,
     tools_prompt,
 )
-from concilium.orchestrator.engine import RAG_PREFIX, AnswerRequest, Orchestrator, PreparedAnswer
+from concilium.orchestrator.engine import (
+    AGENT_MODEL,
+    CONSENSUS_MODEL,
+    RAG_PREFIX,
+    AnswerRequest,
+    Orchestrator,
+    PreparedAnswer,
+)
 
 __all__ = ["router"]
 
@@ -169,11 +191,17 @@ class _Completion:
         )
 
     def chunk(
-        self, choices: str, usage: dict[str, int] | None = None, sources: Any = None
+        self,
+        choices: str,
+        usage: dict[str, int] | None = None,
+        sources: Any = None,
+        event: dict[str, Any] | None = None,
     ) -> bytes:
         tail = "" if usage is None else ',"usage":' + json.dumps(usage)
         if sources is not None:
             tail += ',"sources":' + json.dumps(sources, ensure_ascii=False)
+        if event is not None:
+            tail += ',"concilium":' + json.dumps(event, ensure_ascii=False)
         return f"data: {self._prefix}{choices}{tail}}}\n\n".encode()
 
     def delta(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
@@ -210,6 +238,12 @@ class _Completion:
         }
 
 
+#: Events that start a streamed response (they come before any text, sometimes long before).
+_PROGRESS = (WorkerProgress, Thought, ToolCall)
+#: Events streamed to OpenAI clients as ``{"choices": [], "concilium": {event}}`` chunks.
+_SHOWN = (RouteChosen, Reformulated, WorkerProgress, Thought, ToolCall, ToolResult)
+
+
 def _finish_reason(reason: str) -> str:
     return reason if reason in ("stop", "length", "content_filter", "tool_calls") else "stop"
 
@@ -224,14 +258,11 @@ async def _prepare(
     collections = body.collections or []
     if collections or body.model.startswith(RAG_PREFIX):
         principal.require(Scope.KNOWLEDGE_READ)
-    model, mode = body.model, "auto"
-    if model == AGENT_MODEL or model.startswith(AGENT_MODEL + ":"):
-        # "agent" or "agent:<model>": Concilium's own agent, its tools under the policy.
-        model, mode = model.partition(":")[2].strip() or "default", "agent"
+    model = body.model
     messages = [m.to_domain() for m in body.messages]
     params = body.params()
     if tools is not None:
-        if mode == "agent":
+        if model == AGENT_MODEL or model.startswith(AGENT_MODEL + ":"):
             raise InvalidRequest("the agent model uses its own tools", param="tools")
         instructions, schema = tools
         messages = [ChatMessage("system", instructions), *messages]
@@ -241,7 +272,6 @@ async def _prepare(
             messages=messages,
             model=model,
             params=params,
-            mode=mode,
             account=owner(principal),
             collections=tuple(collections),
             principal=principal,
@@ -254,7 +284,7 @@ async def _head(events: AsyncIterator[Event]) -> list[Event]:
     head: list[Event] = []
     async for event in events:
         head.append(event)
-        if isinstance(event, (BackendSelected, ErrorEvent, Token, Done)):
+        if isinstance(event, (BackendSelected, ErrorEvent, Token, Done, *_PROGRESS)):
             break
     return head
 
@@ -280,6 +310,10 @@ async def _stream(
             elif isinstance(event, Sources):
                 # Not OpenAI's: grounded answers name what [n] refers to, before the text.
                 yield completion.chunk("[]", sources=list(event.sources))
+            elif isinstance(event, _SHOWN):
+                # Not OpenAI's either: how the answer is being made (route, rewritten
+                # query, consensus workers, agent steps), as chunks without choices.
+                yield completion.chunk("[]", event=event_to_dict(event))
             elif isinstance(event, Done):
                 yield completion.delta({}, _finish_reason(event.finish_reason))
                 if include_usage and usage is not None:
@@ -297,6 +331,7 @@ async def _complete(events: AsyncIterator[Event], completion: _Completion) -> di
     usage: Usage | None = None
     sources: Sources | None = None
     finish = "stop"
+    shown: dict[str, Any] = {}
     async for event in events:
         if isinstance(event, Token):
             parts.append(event.text)
@@ -304,11 +339,18 @@ async def _complete(events: AsyncIterator[Event], completion: _Completion) -> di
             usage = event
         elif isinstance(event, Sources):
             sources = event
+        elif isinstance(event, RouteChosen | Reformulated):
+            shown[event.type] = event_to_dict(event)
         elif isinstance(event, Done):
             finish = _finish_reason(event.finish_reason)
+            if "consensus" in event.extra:
+                shown["consensus"] = event.extra["consensus"]
         elif isinstance(event, ErrorEvent):
             raise error_for(event)
-    return completion.full("".join(parts), finish, usage, sources)
+    full = completion.full("".join(parts), finish, usage, sources)
+    if shown:  # not OpenAI's: how the answer was made
+        full["concilium"] = shown
+    return full
 
 
 @router.post("/chat/completions", response_model=None)
@@ -408,12 +450,15 @@ async def _with_tools(
 async def list_models(
     orchestrator: OrchestratorDep, principal: ChatPrincipal, services: ServicesDep
 ) -> ModelList:
-    """Models, ``agent`` (Concilium's agent), then ``rag:<collection>`` for each collection
-    the caller may search."""
+    """Models, ``agent`` (Concilium's agent), ``consensus:<profile>`` for each profile, then
+    ``rag:<collection>`` for each collection the caller may search."""
     seen: dict[str, ModelCard] = {}
     for info in await orchestrator.router.list_models():
         seen.setdefault(info.id, ModelCard(id=info.id, owned_by=info.backend))
     seen.setdefault(AGENT_MODEL, ModelCard(id=AGENT_MODEL, owned_by="agent"))
+    for profile in services.settings.orchestration.consensus:
+        model = f"{CONSENSUS_MODEL}:{profile}"
+        seen.setdefault(model, ModelCard(id=model, owned_by="consensus"))
     if principal.allows(Scope.KNOWLEDGE_READ):
         for collection, _ in await services.knowledge.list_collections(principal):
             model = f"{RAG_PREFIX}{collection.name}"
@@ -421,8 +466,6 @@ async def list_models(
     return ModelList(data=list(seen.values()))
 
 
-#: ``agent`` or ``agent:<model>`` as a model id runs the agent mode.
-AGENT_MODEL = "agent"
 _EMBED_MAX_CHARS = 1_000_000  # about 250k tokens: a few seconds of CPU, not minutes
 
 

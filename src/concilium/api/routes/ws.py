@@ -21,11 +21,12 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from concilium.api.deps import authenticate, owner
 from concilium.api.schemas import GenerationFields, Id, SafeText
-from concilium.auth.principal import Scope
+from concilium.auth.principal import Principal, Scope
 from concilium.auth.quotas import Account
 from concilium.chat.service import ChatService, Generation, TurnOptions
 from concilium.errors import ConciliumError, Forbidden
 from concilium.events import ErrorEvent, event_to_dict
+from concilium.orchestrator.engine import RAG_PREFIX
 from concilium.services import Services
 
 __all__ = ["router"]
@@ -84,10 +85,24 @@ async def _pump(ws: WebSocket, generation: Generation) -> None:
 
 
 async def _start(
-    chat: ChatService, who: Account, frame: SendFrame | EditFrame | RegenerateFrame
+    chat: ChatService,
+    who: Account,
+    principal: Principal,
+    frame: SendFrame | EditFrame | RegenerateFrame,
 ) -> Generation:
+    if frame.collections or frame.mode == "rag" or (frame.model or "").startswith(RAG_PREFIX):
+        principal.require(Scope.KNOWLEDGE_READ)
+    # The caller goes with the turn: the agent's tools act with their role and scopes.
     options = TurnOptions(
-        model=frame.model, params=frame.params(), mode=frame.mode, use_cache=frame.cache
+        model=frame.model,
+        params=frame.params(),
+        mode=frame.mode,
+        use_cache=frame.cache,
+        collections=tuple(frame.collections or ()),
+        retrieval=frame.retrieval.to_dict() if frame.retrieval else None,
+        principal=principal,
+        profile=frame.profile,
+        reformulate=frame.reformulate,
     )
     if isinstance(frame, SendFrame):
         conversation_id = frame.conversation_id
@@ -167,7 +182,7 @@ async def chat_socket(ws: WebSocket) -> None:
                 await _send_error(ws, "busy", "an answer is in progress; cancel it first")
                 continue
             try:
-                generation = await _start(chat, who, frame)
+                generation = await _start(chat, who, principal, frame)
             except ConciliumError as exc:
                 await _send_error(ws, exc.code, exc.detail)
                 continue

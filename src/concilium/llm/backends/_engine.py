@@ -25,6 +25,36 @@ from typing import Any, BinaryIO
 __all__ = ["main"]
 
 
+class _Logprobs:
+    """A logits processor that records the log-probability of each sampled token.
+
+    llama.cpp gives log-probabilities only to models loaded with ``logits_all`` (a
+    context-sized logits buffer: gigabytes for a large vocabulary). The processor sees
+    each step's logits instead; the token sampled from them is the last input of the
+    next step, so values arrive one token late and the final token's is not known.
+    """
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        self.np = np
+        self.previous: Any = None
+        self.values: list[float] = []
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        np = self.np
+        if self.previous is not None and len(input_ids):
+            self.values.append(float(self.previous[int(input_ids[-1])]))
+        logits = scores.astype(np.float64)
+        top = logits.max()
+        self.previous = logits - top - np.log(np.exp(logits - top).sum())
+        return scores
+
+    def drain(self) -> list[float]:
+        values, self.values = self.values, []
+        return values
+
+
 class _Engine:
     def __init__(self, options: dict[str, Any], out: BinaryIO) -> None:
         self.options = options
@@ -92,9 +122,13 @@ class _Engine:
             return
         try:
             llm = self.load(job["model"], job["model_path"], job["n_ctx"])
-            stream = llm.create_chat_completion(
-                messages=job["messages"], stream=True, **job["kwargs"]
-            )
+            kwargs = dict(job["kwargs"])
+            tracker = _Logprobs() if kwargs.pop("logprobs", False) else None
+            if tracker is not None:
+                from llama_cpp import LogitsProcessorList
+
+                kwargs["logits_processor"] = LogitsProcessorList([tracker])
+            stream = llm.create_chat_completion(messages=job["messages"], stream=True, **kwargs)
             produced = 0
             finish: str | None = None
             try:
@@ -106,7 +140,10 @@ class _Engine:
                     text = choice["delta"].get("content")
                     if text:
                         produced += 1
-                        self.emit({"id": ident, "text": text})
+                        message: dict[str, Any] = {"id": ident, "text": text}
+                        if tracker is not None:
+                            message["logprobs"] = tracker.drain()
+                        self.emit(message)
                     finish = choice.get("finish_reason") or finish
             finally:
                 stream.close()

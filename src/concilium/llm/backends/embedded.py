@@ -297,6 +297,8 @@ class EmbeddedBackend(Backend):
                 kwargs[key] = value
         if params.stop:
             kwargs["stop"] = list(params.stop)
+        if params.logprobs:
+            kwargs["logprobs"] = True
         fmt = params.response_format
         if fmt is not None:
             kwargs["response_format"] = (
@@ -363,7 +365,7 @@ class EmbeddedBackend(Backend):
         async for message in engine.generate(job):
             text = message.get("text")
             if text is not None:
-                yield Chunk(text=text)
+                yield Chunk(text=text, logprobs=tuple(message.get("logprobs", ())))
             elif "end" in message:
                 end = message["end"]
                 yield Chunk(

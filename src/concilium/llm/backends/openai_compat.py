@@ -69,7 +69,15 @@ def _payload(request: ChatRequest, stream_usage: bool) -> dict[str, Any]:
     if p.tools:
         body["tools"] = list(p.tools)
         body["tool_choice"] = p.tool_choice or "auto"
+    if p.logprobs:
+        body["logprobs"] = True
     return body
+
+
+def _logprobs(choice: dict[str, Any]) -> tuple[float, ...]:
+    content = (choice.get("logprobs") or {}).get("content") or ()
+    found = (item.get("logprob") for item in content if isinstance(item, dict))
+    return tuple(float(v) for v in found if isinstance(v, int | float))
 
 
 class _ToolCallParts:
@@ -153,7 +161,7 @@ class OpenAICompatBackend(Backend):
                         delta = choice.get("delta") or {}
                         text = delta.get("content")
                         if text:
-                            yield Chunk(text=text)
+                            yield Chunk(text=text, logprobs=_logprobs(choice))
                         if delta.get("tool_calls"):
                             tool_calls.add(delta["tool_calls"])
                         finish = choice.get("finish_reason") or finish

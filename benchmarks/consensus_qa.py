@@ -1,0 +1,276 @@
+"""Consensus on closed-answer questions: the bundled models alone versus each strategy.
+
+120 questions (benchmarks/data/closed_qa.jsonl: arithmetic, factual, multiple choice;
+half French) with gold answers. Workers: SmolLM2-135M, Qwen2.5-Coder-0.5B and
+Qwen2.5-Coder-1.5B at temperature 0 on the embedded backend, through Concilium's
+consensus engine (log-probabilities on). For each question the workers run once and
+every strategy is applied to the same answers: majority, majority with early exit (from
+the workers' real finishing times), weighted (log-probabilities), best_of with the
+agreement scorer, best_of with a judge model (Qwen 1.5B), merger (Qwen 1.5B). A
+strategy's latency is the workers' wall time (up to its exit) plus its own model call;
+its tokens are all tokens generated and read. Single-model rows are each worker's own
+answer, latency and tokens. The workers share one llama.cpp engine on this machine, so
+they run one after another, not side by side.
+
+Usage: ``python benchmarks/consensus_qa.py [--write] [--limit N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from concilium.config import Settings  # noqa: E402
+from concilium.events import Done, Token, Usage  # noqa: E402
+from concilium.llm.base import ChatMessage, GenerationParams  # noqa: E402
+from concilium.orchestrator.consensus import (  # noqa: E402
+    ConsensusMode,
+    WorkerAnswer,
+    agreement_pick,
+    normalise_answer,
+    vote,
+)
+from concilium.orchestrator.engine import AnswerRequest  # noqa: E402
+from concilium.services import running_services  # noqa: E402
+from knowledge_common import measured_line, write_section  # noqa: E402
+
+DATA = REPO / "benchmarks" / "data" / "closed_qa.jsonl"
+MODELS = ("smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
+JUDGE = "qwen2.5-coder-1.5b"
+SYSTEM = {
+    "en": "Answer with only the final answer: a number, a name or a letter. No explanation.",
+    "fr": "Réponds uniquement par la réponse finale : un nombre, un nom ou une lettre. "
+    "Pas d'explication.",
+}
+
+
+def correct(answer: str, item: dict[str, Any]) -> bool:
+    """Lenient on form, strict on content: the key of the answer, or for names the gold
+    words inside the answer's first line, or for numbers the answer's last number."""
+    golds = [item["answer"], *item.get("aliases", [])]
+    key = normalise_answer(answer)
+    keys = {normalise_answer(g) for g in golds}
+    if key in keys:
+        return True
+    first = normalise_answer(answer.strip().splitlines()[0] if answer.strip() else "")
+    if item["kind"] == "arithmetic":
+        numbers = re.findall(r"-?\d+", answer.replace(",", ""))
+        return bool(numbers) and numbers[-1] == item["answer"]
+    if item["kind"] == "mcq":
+        return key == f"choice:{item['answer'].lower()}"
+    return any(g and f" {g} " in f" {first} " for g in keys)
+
+
+@dataclass
+class Row:
+    name: str
+    right: int = 0
+    total: int = 0
+    seconds: list[float] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    by_kind: dict[str, list[int]] = field(default_factory=dict)
+
+    def add(self, ok: bool, seconds: float, tokens: int, groups: tuple[str, ...]) -> None:
+        self.right += ok
+        self.total += 1
+        self.seconds.append(seconds)
+        self.tokens.append(tokens)
+        for group in groups:
+            cell = self.by_kind.setdefault(group, [0, 0])
+            cell[0] += ok
+            cell[1] += 1
+
+    @property
+    def accuracy(self) -> float:
+        return self.right / self.total if self.total else 0.0
+
+    def line(self, best: Row) -> str:
+        cells = [self.by_kind.get(k) for k in ("arithmetic", "factual", "mcq", "en", "fr")]
+        kinds = " | ".join(f"{c[0] / c[1]:.2f}" if c else "—" for c in cells)
+        latency = statistics.mean(self.seconds)
+        return (
+            f"| {self.name} | {self.accuracy:.3f} | {kinds} | {latency:.2f} | "
+            f"{statistics.mean(self.tokens):.0f} | {self.accuracy / best.accuracy:.2f}x / "
+            f"{latency / statistics.mean(best.seconds):.2f}x |"
+        )
+
+
+def _tokens(answers: list[WorkerAnswer]) -> int:
+    return sum(a.prompt_tokens + a.completion_tokens for a in answers)
+
+
+async def main(write: bool, limit: int | None) -> None:
+    items = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line]
+    items = items[:limit] if limit else items
+    profile = {
+        "workers": [{"model": m, "temperature": 0.0, "timeout_seconds": 300} for m in MODELS],
+        "strategy": "weighted",
+        "early_exit": False,
+        "merger_model": JUDGE,
+        "judge_model": JUDGE,
+        "max_seconds": 900,
+    }
+    rows = {name: Row(name) for name in (*MODELS,)}
+    for name in (
+        "majority",
+        "majority + early exit",
+        "weighted (log-probabilities)",
+        "best_of (agreement scorer)",
+        f"best_of (judge {JUDGE})",
+        f"merger ({JUDGE})",
+    ):
+        rows[name] = Row(name)
+    with tempfile.TemporaryDirectory() as data:
+        settings = Settings(
+            data_dir=Path(data),
+            chat={"default_model": JUDGE},
+            logging={"level": "WARNING"},
+            cache={"enabled": False},
+            backends={"local": {"type": "embedded", "options": {"max_loaded_models": 3}}},
+            orchestration={"consensus": {"bench": profile}},
+        )
+        async with running_services(settings) as services:
+            mode = services.orchestrator.modes["consensus"]
+            assert isinstance(mode, ConsensusMode)
+            for n, item in enumerate(items, 1):
+                request = AnswerRequest(
+                    [
+                        ChatMessage("system", SYSTEM[item["lang"]]),
+                        ChatMessage("user", item["question"]),
+                    ],
+                    model="consensus:bench",
+                    params=GenerationParams(max_tokens=24),
+                )
+                prepared = await services.orchestrator.prepare(request)
+                context = prepared.context
+                t0 = time.perf_counter()
+                answers = [
+                    a async for a in mode.gather(prepared, context) if isinstance(a, WorkerAnswer)
+                ]
+                workers_s = time.perf_counter() - t0
+                valid = [a for a in answers if a.answered]
+                groups = (item["kind"], item["lang"])
+
+                def add(
+                    name: str,
+                    text: str,
+                    seconds: float,
+                    tokens: int,
+                    item: dict[str, Any] = item,
+                    groups: tuple[str, str] = groups,
+                ) -> None:
+                    rows[name].add(correct(text, item), seconds, tokens, groups)
+
+                for a in answers:
+                    add(
+                        a.model, a.text, a.duration_ms / 1000, a.prompt_tokens + a.completion_tokens
+                    )
+                majority = vote(valid)
+                add(
+                    "majority",
+                    majority.answer.text if majority else "",
+                    workers_s,
+                    _tokens(answers),
+                )
+                # Early exit: the engine stops once two finished workers agree.
+                finished = sorted(valid, key=lambda a: a.duration_ms)
+                exit_at, seen = finished[-1].duration_ms / 1000 if finished else workers_s, []
+                for a in finished:
+                    seen.append(a)
+                    if len(seen) >= 2 and vote(seen).support * len(seen) >= 2:  # type: ignore[union-attr]
+                        exit_at = a.duration_ms / 1000
+                        break
+                early = vote(seen)
+                add(
+                    "majority + early exit",
+                    early.answer.text if early else "",
+                    exit_at,
+                    _tokens(seen),
+                )
+                weighted = vote(valid, weighted=True)
+                add(
+                    "weighted (log-probabilities)",
+                    weighted.answer.text if weighted else "",
+                    workers_s,
+                    _tokens(answers),
+                )
+                central = agreement_pick(valid)
+                add(
+                    "best_of (agreement scorer)",
+                    central.text if central else "",
+                    workers_s,
+                    _tokens(answers),
+                )
+                t1 = time.perf_counter()
+                pick, used = await mode._judge(context.profile, request, valid)
+                add(
+                    f"best_of (judge {JUDGE})",
+                    pick.text,
+                    workers_s + time.perf_counter() - t1,
+                    _tokens(answers) + used.total_tokens,
+                )
+                t1 = time.perf_counter()
+                merged: list[str] = []
+                spent = 0
+                async for event in mode._merge(context.profile, "bench", request, valid):
+                    if isinstance(event, Token):
+                        merged.append(event.text)
+                    elif isinstance(event, Usage):
+                        spent = event.total_tokens
+                    elif isinstance(event, Done):
+                        break
+                add(
+                    f"merger ({JUDGE})",
+                    "".join(merged),
+                    workers_s + time.perf_counter() - t1,
+                    _tokens(answers) + spent,
+                )
+                if n % 10 == 0:
+                    print(
+                        f"{n}/{len(items)}",
+                        {k: round(r.accuracy, 3) for k, r in rows.items()},
+                        flush=True,
+                    )
+
+    best = max((rows[m] for m in MODELS), key=lambda r: r.accuracy)
+    head = (
+        "| answerer | accuracy | arithmetic | factual | MCQ | en | fr | latency s/question | "
+        f"tokens/question | vs {best.name} (accuracy / latency) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|"
+    )
+    text = "\n".join(
+        [
+            measured_line("python benchmarks/consensus_qa.py --write"),
+            "",
+            f"{len(items)} closed-answer questions (benchmarks/data/closed_qa.jsonl), "
+            "workers at temperature 0, 24 answer tokens, one shared llama.cpp engine "
+            "(workers run one after another). Strategies are applied to the same worker "
+            "answers; their latency is the workers' time plus their own model call.",
+            "",
+            head,
+            *(r.line(best) for r in rows.values()),
+        ]
+    )
+    print(text)
+    if write:
+        write_section("orchestration-consensus", "Orchestration: consensus", text)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--write", action="store_true", help="Update BENCHMARKS.md.")
+    parser.add_argument("--limit", type=int, default=None, help="First N questions only.")
+    args = parser.parse_args()
+    asyncio.run(main(args.write, args.limit))

@@ -1,0 +1,179 @@
+"""Mode auto's intent classifier: accuracy and latency on the shipped labelled examples.
+
+Compared in one run, on the same examples:
+- the embedding classifier (nearest examples vote, use-m3), alone;
+- the same with the model fallback below the confidence threshold (the default);
+- a zero-shot model classifier (the fallback's prompt for every message): the usual
+  alternative, an LLM call per request.
+
+Sets: ``heldout`` (60 examples never used as examples) and the whole shipped set in
+leave-one-out (each example classified by all the others). The model is the default
+qwen2.5-coder-1.5b on the embedded backend.
+
+Usage: ``python benchmarks/orchestration_router.py [--write] [--model NAME]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from concilium.config import IntentRouterSettings, Settings  # noqa: E402
+from concilium.orchestrator.intent import (  # noqa: E402
+    INTENTS,
+    Example,
+    IntentClassifier,
+    shipped_examples,
+)
+from concilium.services import running_services  # noqa: E402
+from knowledge_common import measured_line, write_section  # noqa: E402
+
+
+def _pct(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Run:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.right = 0
+        self.total = 0
+        self.latencies: list[float] = []
+        self.asked = 0
+
+    def add(self, ok: bool, seconds: float, asked: bool = False) -> None:
+        self.right += ok
+        self.total += 1
+        self.latencies.append(seconds * 1000)
+        self.asked += asked
+
+    @property
+    def accuracy(self) -> float:
+        return self.right / self.total if self.total else 0.0
+
+    def row(self, baseline: Run | None) -> str:
+        p50 = statistics.median(self.latencies)
+        ratio = ""
+        if baseline is not None and baseline is not self:
+            speed = p50 / statistics.median(baseline.latencies)
+            ratio = f"{self.accuracy / baseline.accuracy:.2f}x / {speed:.3f}x"
+        return (
+            f"| {self.name} | {self.total} | {self.accuracy:.3f} | {p50:.1f} | "
+            f"{_pct(self.latencies, 0.95):.1f} | {self.asked} | {ratio} |"
+        )
+
+
+async def main(write: bool, model: str) -> None:
+    with tempfile.TemporaryDirectory() as data:
+        settings = Settings(
+            data_dir=Path(data),
+            chat={"default_model": model},
+            logging={"level": "WARNING"},
+            orchestration={"router": {"fallback_model": model}},
+        )
+        async with running_services(settings) as services:
+            vectors: dict[str, np.ndarray] = {}
+
+            embedder = services.knowledge.embedders.get(services.knowledge.embedders.default)
+
+            async def cached(texts: Sequence[str]) -> np.ndarray:
+                # Examples are embedded once; a message popped before it is classified is
+                # embedded again, so its latency is in the measurement.
+                missing = [t for t in texts if t not in vectors]
+                if missing:
+                    found = await asyncio.to_thread(embedder.embed, missing, "query")
+                    vectors.update(zip(missing, found, strict=True))
+                return np.asarray([vectors[t] for t in texts])
+
+            def classifier(examples: list[Example], fallback: bool) -> IntentClassifier:
+                routing = IntentRouterSettings(fallback_model=model, llm_fallback=fallback)
+                return IntentClassifier(routing, cached, services.router, examples)
+
+            train, held, every = (
+                shipped_examples("train"),
+                shipped_examples("heldout"),
+                shipped_examples(None),
+            )
+            await cached([e.text for e in every])
+            # Warm the model so its load time is not in the first measurement.
+            await classifier(train, True)._ask_model("hello", list(INTENTS))
+
+            runs: dict[str, Run] = {}
+            for fallback, name in ((False, "embedding"), (True, "embedding + model fallback")):
+                run = runs[f"heldout {name}"] = Run(name if fallback else f"{name} (default)")
+                c = classifier(train, fallback)
+                await c.warm()
+                for e in held:
+                    vectors.pop(e.text, None)  # a new message: its embedding is measured
+                    t0 = time.perf_counter()
+                    d = await c.classify(e.text)
+                    run.add(d.intent == e.intent, time.perf_counter() - t0, d.method == "model")
+            zero = runs["heldout zero-shot"] = Run(f"zero-shot {model}")
+            c = classifier(train, True)
+            for e in held:
+                t0 = time.perf_counter()
+                picked = await c._ask_model(e.text, list(INTENTS))
+                zero.add(picked == e.intent, time.perf_counter() - t0, True)
+
+            for fallback, name in ((False, "embedding"), (True, "embedding + model fallback")):
+                run = runs[f"loo {name}"] = Run(name if fallback else f"{name} (default)")
+                for i, e in enumerate(every):
+                    c = classifier(every[:i] + every[i + 1 :], fallback)
+                    await c.warm()
+                    vectors.pop(e.text, None)
+                    t0 = time.perf_counter()
+                    d = await c.classify(e.text)
+                    run.add(d.intent == e.intent, time.perf_counter() - t0, d.method == "model")
+
+    head = (
+        "| classifier | examples | accuracy | p50 ms | p95 ms | model calls | "
+        "vs zero-shot (accuracy / p50) |\n|---|---|---|---|---|---|---|"
+    )
+    zero = runs["heldout zero-shot"]
+    names = ("embedding", "embedding + model fallback")
+    held_rows = [runs[f"heldout {k}"].row(zero) for k in names]
+    held_rows.append(zero.row(None))
+    loo_rows = [runs[f"loo {k}"].row(None) for k in names]
+    text = "\n".join(
+        [
+            measured_line("python benchmarks/orchestration_router.py --write"),
+            "",
+            f"Five intents (chit_chat, generation, knowledge, operational, clarification); "
+            f"{len(every)} shipped French/English examples, {len(held)} held out. Embedder "
+            f"use-m3; fallback and zero-shot model {model} (embedded, JSON-schema "
+            "constrained). Latency includes embedding the message (not cached).",
+            "",
+            "### Held-out examples",
+            "",
+            head,
+            *held_rows,
+            "",
+            "### Whole shipped set, leave-one-out",
+            "",
+            head,
+            *loo_rows,
+        ]
+    )
+    print(text)
+    if write:
+        write_section("orchestration-router", "Orchestration: routing", text)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--write", action="store_true", help="Update BENCHMARKS.md.")
+    parser.add_argument("--model", default="qwen2.5-coder-1.5b")
+    args = parser.parse_args()
+    asyncio.run(main(args.write, args.model))

@@ -1,0 +1,134 @@
+"""Mode ``auto``: the intent classifier decides, the collections confirm.
+
+Named collections mean grounded answers: rag, unless the message is a greeting. Otherwise
+chit_chat and generation → direct; operational → agent; clarification → direct, asked to
+put one short question back (only when the classifier is sure: a wrong "what do you
+mean?" costs more than an answer); knowledge → rag when, with ``search_workspace``, the
+collections the caller may read hold passages relevant to the question, direct
+otherwise. The decision is the stream's first event and a log line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import structlog
+
+from concilium.auth.principal import Scope
+from concilium.config import Settings
+from concilium.errors import ConciliumError
+from concilium.events import RouteChosen
+from concilium.knowledge.language import detect_language
+from concilium.llm.base import ChatMessage
+from concilium.orchestrator.engine import AnswerRequest
+from concilium.orchestrator.intent import IntentClassifier
+from concilium.orchestrator.rag import RagMode, caller_of
+from concilium.orchestrator.reformulate import last_question
+
+__all__ = ["IntentRouting"]
+
+log = structlog.get_logger(__name__)
+
+_MAX_COLLECTIONS = 20
+_SHORT_FOLLOW_UP = 6
+_CLARIFY = {
+    "en": (
+        "The request is too vague to answer or act on. Ask one short question to learn "
+        "what the user needs; do not guess an answer."
+    ),
+    "fr": (
+        "La demande est trop vague pour y répondre ou agir. Pose une seule question courte "
+        "pour savoir ce dont l'utilisateur a besoin ; ne devine pas de réponse."
+    ),
+}
+
+
+class IntentRouting:
+    def __init__(
+        self, settings: Settings, classifier: IntentClassifier, rag: RagMode | None
+    ) -> None:
+        self.settings = settings
+        self.classifier = classifier
+        self.rag = rag
+        self.threshold = settings.orchestration.router.threshold
+
+    async def decide(
+        self, request: AnswerRequest, available: Sequence[str]
+    ) -> tuple[AnswerRequest, RouteChosen]:
+        question, earlier = last_question(request.messages)
+        text = question
+        users = [m.content.strip() for m in earlier if m.role == "user" and m.content.strip()]
+        if users and len(question.split()) < _SHORT_FOLLOW_UP:
+            text = f"{users[-1]}\n{question}"  # "and the other one?" is read with its context
+        decision = await self.classifier.classify(text)
+        intent = decision.intent
+        base = RouteChosen(
+            "direct",
+            intent=intent,
+            confidence=decision.confidence,
+            method=decision.method,
+        )
+        mode, reason = "direct", ""
+        collections: tuple[str, ...] = ()
+        unsure = decision.method == "embedding" and decision.confidence < self.threshold
+        if request.collections and intent != "chit_chat" and "rag" in available:
+            # Collections named: the caller asked for grounded answers (a greeting aside).
+            mode, reason, collections = "rag", "collections named", request.collections
+        elif intent == "operational" and "agent" in available:
+            mode, reason = "agent", "an operational task: the agent acts with tools"
+        elif intent == "knowledge" and self.rag is not None and "rag" in available:
+            mode, reason, collections = await self._knowledge(request, question, text)
+        elif intent == "clarification" and unsure:
+            reason = "perhaps vague, but not sure enough to ask back"
+        elif intent == "clarification":
+            language = "fr" if detect_language(question) == "fr" else "en"
+            request = replace(
+                request, messages=[ChatMessage("system", _CLARIFY[language]), *request.messages]
+            )
+            reason = "too vague: asking back"
+        else:
+            reason = {
+                "chit_chat": "conversation",
+                "generation": "the model writes it from the message",
+                "knowledge": "a question, no knowledge base",
+                "operational": "an operational task, no agent available",
+            }.get(intent, "")
+        chosen = replace(base, mode=mode, reason=reason, collections=collections)
+        log.info(
+            "route_chosen",
+            mode=mode,
+            intent=intent,
+            confidence=decision.confidence,
+            method=decision.method,
+            latency_ms=round(decision.latency_ms, 1),
+            collections=len(collections),
+        )
+        if mode == "rag":
+            request = replace(request, collections=collections)
+        return request, chosen
+
+    async def _knowledge(
+        self, request: AnswerRequest, question: str, text: str
+    ) -> tuple[str, str, tuple[str, ...]]:
+        assert self.rag is not None
+        knowledge = self.rag.knowledge
+        caller = request.principal or caller_of(request)
+        if not self.settings.orchestration.router.search_workspace:
+            return "direct", "a question, no collections named", ()
+        if request.principal is not None and not request.principal.allows(Scope.KNOWLEDGE_READ):
+            return "direct", "a question; this key may not read the collections", ()
+        try:
+            listed = await knowledge.list_collections(caller)
+        except ConciliumError as exc:
+            log.warning("route_collections_failed", error=exc.detail)
+            return "direct", "a question; the collections could not be listed", ()
+        candidates = [c for c, stats in listed if stats.chunks > 0][:_MAX_COLLECTIONS]
+        if not candidates:
+            return "direct", "a question; no collection holds documents", ()
+        query = question if text == question else text.replace("\n", " ")
+        hits = await self.rag.relevant(candidates, [query], {})
+        if not hits:
+            return "direct", "a question the collections do not answer", ()
+        found = tuple(dict.fromkeys(h.collection_id for h in hits))
+        return "rag", f"{len(hits)} relevant passages in {len(found)} collections", found
