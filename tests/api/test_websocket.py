@@ -11,7 +11,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from tests.support.fake_llm_servers import Behaviour, FakeOpenAI
-from tests.support.live import Live
+from tests.support.live import Live, LiveFactory, remote_backend
 
 FAKE_TEXT = "Hello from the fake server."
 
@@ -144,3 +144,35 @@ def test_binary_frames_are_decoded_and_oversized_frames_close_the_socket(
             ws.recv(timeout=5)
         assert closed.value.rcvd is not None
         assert closed.value.rcvd.code == 1009
+
+
+def test_an_agent_turn_over_websocket_acts_as_the_caller(
+    live_server: LiveFactory, fake_openai: tuple[FakeOpenAI, str]
+) -> None:
+    """The socket's key bounds the agent as over HTTP: without the tools scope the write
+    tool is not offered and nothing is written; with it, the same turn writes."""
+    fake, url = fake_openai
+    with live_server(
+        backends={"remote": remote_backend(url)},
+        chat={"default_model": "fake-model"},
+        agents={"tools": {"write_file": {"enabled": True}}},
+    ) as live:
+        made, _ = live.user()
+        outcomes = {}
+        for scopes in (["chat"], ["chat", "tools"]):
+            key, _ = live.login(made["username"], scopes)
+            step = {"thought": "write it", "action": "write_file"}
+            step["arguments"] = {"path": "note.txt", "content": "hello"}
+            answer = {"thought": "done", "action": "answer", "answer": "ok"}
+            fake.push(Behaviour(text=json.dumps(step)), Behaviour(text=json.dumps(answer)))
+            with connect(
+                live.url.replace("http://", "ws://") + "/ws/chat",
+                open_timeout=5,
+                additional_headers={"Authorization": f"Bearer {key}"},
+            ) as ws:
+                ws.send(json.dumps({"type": "message", "content": "save it", "mode": "agent"}))
+                events = _until(ws, "done", "error")
+            written = list(live.services.settings.workspaces_dir.rglob("note.txt"))
+            outcomes[len(scopes)] = (events[-1]["extra"]["tools"], len(written))
+    assert outcomes[1] == ([], 0)  # chat only: not offered, nothing written
+    assert outcomes[2] == (["write_file"], 1)
