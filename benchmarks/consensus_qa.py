@@ -8,9 +8,11 @@ every strategy is applied to the same answers: majority, majority with early exi
 the workers' real finishing times), weighted (log-probabilities), best_of with the
 agreement scorer, best_of with a judge model (Qwen 1.5B), merger (Qwen 1.5B). A
 strategy's latency is the workers' wall time (up to its exit) plus its own model call;
-its tokens are all tokens generated and read. Single-model rows are each worker's own
-answer, latency and tokens. The workers share one llama.cpp engine on this machine, so
-they run one after another, not side by side.
+its tokens are all tokens generated and read. Single-model rows are each model asked
+alone (same prompt, temperature 0). The workers share one llama.cpp engine on this
+machine, so they run one after another, not side by side. A second panel samples
+Qwen 1.5B three times (temperatures 0.2, 0.6, 1.0): the shipped ``default`` profile
+(merger, skipped when two samples agree) and its majority vote.
 
 Usage: ``python benchmarks/consensus_qa.py [--write] [--limit N]``.
 """
@@ -25,7 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,7 @@ from knowledge_common import measured_line, write_section  # noqa: E402
 DATA = REPO / "benchmarks" / "data" / "closed_qa.jsonl"
 MODELS = ("smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 JUDGE = "qwen2.5-coder-1.5b"
+SELF = "1.5B x3 samples (t 0.2/0.6/1.0): "
 SYSTEM = {
     "en": "Answer with only the final answer: a number, a name or a letter. No explanation.",
     "fr": "Réponds uniquement par la réponse finale : un nombre, un nom ou une lettre. "
@@ -111,6 +114,75 @@ def _tokens(answers: list[WorkerAnswer]) -> int:
     return sum(a.prompt_tokens + a.completion_tokens for a in answers)
 
 
+def _early(
+    valid: list[WorkerAnswer], everything: float
+) -> tuple[WorkerAnswer | None, float, list[WorkerAnswer], bool]:
+    """The engine's early exit replayed on real finishing times: (answer, when, workers
+    heard, whether two agreed)."""
+    finished = sorted(valid, key=lambda a: a.duration_ms)
+    seen: list[WorkerAnswer] = []
+    for answer in finished:
+        seen.append(answer)
+        result = vote(seen)
+        if len(seen) >= 2 and result is not None and round(result.support * len(seen)) >= 2:
+            return result.answer, answer.duration_ms / 1000, seen, True
+    result = vote(finished)
+    return (result.answer if result else None), everything, finished, False
+
+
+def _request(item: dict[str, Any]) -> AnswerRequest:
+    return AnswerRequest(
+        [ChatMessage("system", SYSTEM[item["lang"]]), ChatMessage("user", item["question"])],
+        model="consensus:bench",
+        params=GenerationParams(max_tokens=24),
+    )
+
+
+async def _alone(services: Any, model: str, request: AnswerRequest) -> tuple[str, float, int]:
+    params = replace(request.params, temperature=0.0)
+    route = services.router.resolve(model)
+    parts: list[str] = []
+    tokens = 0
+    t0 = time.perf_counter()
+    async for event in services.router.stream(route, request.messages, params, use_cache=False):
+        if isinstance(event, Token):
+            parts.append(event.text)
+        elif isinstance(event, Usage):
+            tokens = event.total_tokens
+    return "".join(parts), time.perf_counter() - t0, tokens
+
+
+async def _self_consistency(
+    services: Any, mode: ConsensusMode, asked: AnswerRequest, add: Any
+) -> None:
+    request = replace(asked, model="consensus:samples")
+    prepared = await services.orchestrator.prepare(request)
+    t0 = time.perf_counter()
+    answers = [
+        a async for a in mode.gather(prepared, prepared.context) if isinstance(a, WorkerAnswer)
+    ]
+    workers_s = time.perf_counter() - t0
+    valid = [a for a in answers if a.answered]
+    majority = vote(valid)
+    add(SELF + "majority", majority.answer.text if majority else "", workers_s, _tokens(answers))
+    early, at, seen, agreed = _early(valid, workers_s)
+    add(SELF + "majority + early exit", early.text if early else "", at, _tokens(seen))
+    # The shipped profile: merger, skipped once two samples agree (early exit).
+    if agreed and early is not None:
+        add(SELF + "merger (shipped default)", early.text, at, _tokens(seen))
+        return
+    t1 = time.perf_counter()
+    merged: list[str] = []
+    spent = 0
+    async for event in mode._merge(prepared.context.profile, "samples", request, valid):
+        if isinstance(event, Token):
+            merged.append(event.text)
+        elif isinstance(event, Usage):
+            spent = event.total_tokens
+    elapsed = workers_s + time.perf_counter() - t1
+    add(SELF + "merger (shipped default)", "".join(merged), elapsed, _tokens(answers) + spent)
+
+
 async def main(write: bool, limit: int | None) -> None:
     items = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line]
     items = items[:limit] if limit else items
@@ -122,14 +194,28 @@ async def main(write: bool, limit: int | None) -> None:
         "judge_model": JUDGE,
         "max_seconds": 900,
     }
+    # The shipped default profile's shape: one model sampled at three temperatures.
+    samples = {
+        "workers": [
+            {"model": JUDGE, "temperature": t, "timeout_seconds": 300} for t in (0.2, 0.6, 1.0)
+        ],
+        "strategy": "merger",
+        "early_exit": False,
+        "merger_model": JUDGE,
+        "max_seconds": 900,
+    }
     rows = {name: Row(name) for name in (*MODELS,)}
     for name in (
         "majority",
         "majority + early exit",
         "weighted (log-probabilities)",
+        "weighted, 1.5B weight 3",
         "best_of (agreement scorer)",
         f"best_of (judge {JUDGE})",
         f"merger ({JUDGE})",
+        SELF + "majority",
+        SELF + "majority + early exit",
+        SELF + "merger (shipped default)",
     ):
         rows[name] = Row(name)
     with tempfile.TemporaryDirectory() as data:
@@ -139,20 +225,23 @@ async def main(write: bool, limit: int | None) -> None:
             logging={"level": "WARNING"},
             cache={"enabled": False},
             backends={"local": {"type": "embedded", "options": {"max_loaded_models": 3}}},
-            orchestration={"consensus": {"bench": profile}},
+            orchestration={"consensus": {"bench": profile, "samples": samples}},
         )
         async with running_services(settings) as services:
             mode = services.orchestrator.modes["consensus"]
             assert isinstance(mode, ConsensusMode)
+            warm = AnswerRequest([ChatMessage("user", "hi")], params=GenerationParams(max_tokens=1))
+            for model in MODELS:  # loading a model is not answering
+                await _alone(services, model, warm)
+            # Each model alone, in a pass of its own: not its time inside a panel (where
+            # it waits for the engine behind the others), and not right after a panel
+            # left the same prompt in llama.cpp's cache.
+            alone: dict[tuple[int, str], tuple[str, float, int]] = {}
+            for model in MODELS:
+                for n, item in enumerate(items, 1):
+                    alone[(n, model)] = await _alone(services, model, _request(item))
             for n, item in enumerate(items, 1):
-                request = AnswerRequest(
-                    [
-                        ChatMessage("system", SYSTEM[item["lang"]]),
-                        ChatMessage("user", item["question"]),
-                    ],
-                    model="consensus:bench",
-                    params=GenerationParams(max_tokens=24),
-                )
+                request = _request(item)
                 prepared = await services.orchestrator.prepare(request)
                 context = prepared.context
                 t0 = time.perf_counter()
@@ -173,10 +262,8 @@ async def main(write: bool, limit: int | None) -> None:
                 ) -> None:
                     rows[name].add(correct(text, item), seconds, tokens, groups)
 
-                for a in answers:
-                    add(
-                        a.model, a.text, a.duration_ms / 1000, a.prompt_tokens + a.completion_tokens
-                    )
+                for model in MODELS:
+                    add(model, *alone[(n, model)])
                 majority = vote(valid)
                 add(
                     "majority",
@@ -184,21 +271,8 @@ async def main(write: bool, limit: int | None) -> None:
                     workers_s,
                     _tokens(answers),
                 )
-                # Early exit: the engine stops once two finished workers agree.
-                finished = sorted(valid, key=lambda a: a.duration_ms)
-                exit_at, seen = finished[-1].duration_ms / 1000 if finished else workers_s, []
-                for a in finished:
-                    seen.append(a)
-                    if len(seen) >= 2 and vote(seen).support * len(seen) >= 2:  # type: ignore[union-attr]
-                        exit_at = a.duration_ms / 1000
-                        break
-                early = vote(seen)
-                add(
-                    "majority + early exit",
-                    early.answer.text if early else "",
-                    exit_at,
-                    _tokens(seen),
-                )
+                early, exit_at, seen, _ = _early(valid, workers_s)
+                add("majority + early exit", early.text if early else "", exit_at, _tokens(seen))
                 weighted = vote(valid, weighted=True)
                 add(
                     "weighted (log-probabilities)",
@@ -237,6 +311,15 @@ async def main(write: bool, limit: int | None) -> None:
                     workers_s + time.perf_counter() - t1,
                     _tokens(answers) + spent,
                 )
+                trusted = [replace(a, weight=3.0) if a.model == JUDGE else a for a in valid]
+                heavy = vote(trusted, weighted=True)
+                add(
+                    "weighted, 1.5B weight 3",
+                    heavy.answer.text if heavy else "",
+                    workers_s,
+                    _tokens(answers),
+                )
+                await _self_consistency(services, mode, request, add)
                 if n % 10 == 0:
                     print(
                         f"{n}/{len(items)}",

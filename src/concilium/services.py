@@ -85,7 +85,7 @@ class Services:
         orchestrator.register_mode(rag)
         tools = build_tools(settings, audit, db)
         tools.services["knowledge"] = knowledge
-        orchestrator.register_mode(AgentMode(settings, router, tools))
+        orchestrator.register_mode(AgentMode(settings, router, tools, orchestrator.prompts))
         orchestrator.register_mode(ConsensusMode(settings, router))
         routing = settings.orchestration.router
         if routing.enabled:

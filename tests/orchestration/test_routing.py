@@ -127,7 +127,12 @@ def test_the_route_reaches_openai_clients(live_server: LiveFactory) -> None:
         assert (routes[0]["mode"], routes[0]["intent"]) == ("direct", "chit_chat")
         full = client.chat.completions.create(
             model="default",
-            messages=[{"role": "user", "content": "Translate 'good night' into French."}],
+            messages=[
+                {
+                    "role": "user",
+                    "content": "Translate this sentence into Spanish: the train is late.",
+                }
+            ],
             max_tokens=16,
         )
         route = full.model_extra["concilium"]["route"]  # type: ignore[index]

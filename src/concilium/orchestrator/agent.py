@@ -43,6 +43,7 @@ from concilium.events import (
 from concilium.llm.base import ChatMessage, GenerationParams, ResponseFormat
 from concilium.llm.router import Router
 from concilium.orchestrator.engine import PreparedAnswer
+from concilium.orchestrator.prompt import PromptBuilder, PromptParts
 from concilium.store.models import AgentApproval, Membership, Role, new_id, utcnow
 
 __all__ = ["AgentMode", "Resumption", "RunState", "parse_step"]
@@ -215,10 +216,17 @@ class Resumption:
 class AgentMode:
     name = "agent"
 
-    def __init__(self, settings: Settings, router: Router, tools: ToolExecutor) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        router: Router,
+        tools: ToolExecutor,
+        prompts: PromptBuilder | None = None,
+    ) -> None:
         self.settings = settings
         self.router = router
         self.tools = tools
+        self.prompts = prompts
 
     def run(self, prepared: PreparedAnswer) -> AsyncIterator[Event]:
         if isinstance(prepared.context, Resumption):
@@ -238,13 +246,20 @@ class AgentMode:
         system = [m.content for m in request.messages if m.role == "system" and m.content]
         native = all(target.backend.calls_tools() for target in prepared.route.targets)
         prompt = _NATIVE_PROMPT if native else _PROMPT.format(tools=catalog)
-        state = RunState(
-            [
-                ChatMessage("system", "\n\n".join([prompt, *system])),
-                *(m for m in request.messages if m.role != "system"),
-            ],
-            native=native,
-        )
+        turns = [m for m in request.messages if m.role != "system"]
+        messages = [ChatMessage("system", "\n\n".join([prompt, *system])), *turns]
+        if self.prompts is not None and turns:
+            # The conversation before the task fits the window (old turns summarised);
+            # the run's own steps are then kept within it by the token budget.
+            built = await self.prompts.build(
+                prepared.route,
+                PromptParts(
+                    system="\n\n".join(system), tools=prompt, history=turns[:-1], question=turns[-1]
+                ),
+                self.settings.agents.step_tokens,
+            )
+            messages = built.messages
+        state = RunState(messages, native=native)
         async for event in self._loop(prepared, state, context, first=True):
             yield event
 

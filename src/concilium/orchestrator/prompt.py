@@ -1,13 +1,13 @@
 """Every prompt, built within the target model's window with a budget per part.
 
-Parts: the system prompt, memory notes, tool descriptions, retrieved passages (which go
-with the question), the conversation, and room for the answer. Each part gets at most
-its share of the window (``orchestration.context``); what a part leaves unused goes to
-the conversation. When the conversation does not fit, its latest messages that fit
-stay word for word and the older ones are replaced by a summary written by
-``summary_model`` (extended, not rewritten, as the conversation grows); without a
-summary they are left out. The router's last check (``fit_to_window``) still guards
-against any overflow.
+Parts: tool descriptions (the agent's), the system prompt, memory notes, retrieved
+passages (which go with the question), the conversation, and room for the answer. Each
+part gets at most its share of the window (``orchestration.context``), except tools,
+which are never cut; what a part leaves unused goes to the conversation. When the
+conversation does not fit, its latest messages that fit stay word for word and the
+older ones are replaced by a summary written by ``summary_model`` (extended, not
+rewritten, as the conversation grows); without a summary they are left out. The
+router's last check (``fit_to_window``) still guards against any overflow.
 """
 
 from __future__ import annotations
@@ -125,14 +125,10 @@ class PromptBuilder:
         texts.append(parts.question.content if parts.question else "")
         if sum(len(t.encode()) + 16 for t in texts) + reserve + _MARGIN <= window and all(
             len(text.encode()) <= self.budget(route, part, max_tokens)
-            for part, text in (
-                ("system", parts.system),
-                ("tools", parts.tools),
-                ("memory", "\n".join(parts.memory)),
-            )
+            for part, text in (("system", parts.system), ("memory", "\n".join(parts.memory)))
         ):
             memory = "\n".join(f"- {n.strip()}" for n in parts.memory)
-            system_text = "\n\n".join(p for p in (parts.system, parts.tools, memory) if p)
+            system_text = "\n\n".join(p for p in (parts.tools, parts.system, memory) if p)
             messages = [ChatMessage("system", system_text)] if system_text else []
             messages += list(parts.history)
             if parts.question is not None:
@@ -145,13 +141,15 @@ class PromptBuilder:
         report["system"] = used
         if cut:
             report["system_cut"] = True
-        tools, used, cut = await self._clip(
-            route, parts.tools, self.budget(route, "tools", max_tokens)
-        )
-        report["tools"] = used
+        # Tools are never cut (a cut catalogue breaks the agent): what they take beyond
+        # their share comes out of the conversation's room.
+        tools = parts.tools
+        report["tools"] = (await self.count(route, [tools]))[0] if tools else 0
+        if report["tools"] > self.budget(route, "tools", max_tokens):
+            report["tools_over_share"] = True
         memory, used = await self._memory(route, parts.memory, max_tokens)
         report["memory"] = used
-        head = "\n\n".join(p for p in (system, tools, memory) if p)
+        head = "\n\n".join(p for p in (tools, system, memory) if p)
         question = parts.question
         asked = (await self.count(route, [question.content]))[0] if question else 0
         report["question"] = asked
