@@ -282,3 +282,32 @@ def test_tools_beyond_reading_need_the_tools_scope_and_a_member_role(
         assert "calculator" in names
         assert "shell" not in names
         assert "write_file" not in names
+
+
+async def test_an_approval_decided_from_the_cli_continues_its_conversation_message(
+    make_settings: SettingsFactory, fake_openai: tuple[FakeOpenAI, str]
+) -> None:
+    """A turn of the operator's own chat (``concilium chat --mode agent``) paused on a
+    call; ``concilium approvals approve`` continues it in its stored message, as the API
+    does for users' turns."""
+    from concilium.chat.service import TurnOptions
+    from concilium.cli.agents import _decide
+
+    fake, url = fake_openai
+    settings = make_settings(**_scripted(url))
+    fake.push(_step("shell", arguments={"command": "echo 7"}))
+    async with running_services(settings) as services:
+        conversation = await services.chat.create(None)
+        generation = await services.chat.post(
+            None, conversation.id, "Print 7 with the shell", options=TurnOptions(mode="agent")
+        )
+        events = [e async for e in generation.events()]
+        await generation.wait()
+        paused = next(e for e in events if isinstance(e, ApprovalRequired))
+        fake.push(_step("answer", answer="7"), Behaviour(text="It printed 7."))
+        assert await _decide(settings, paused.id, True, "ok", True) == 0
+        stored = await services.chat.message(None, conversation.id, generation.message_id)
+    assert stored.status == "complete"
+    assert stored.content == "It printed 7."
+    kinds = [(step["type"], step.get("status")) for step in stored.steps or []]
+    assert ("tool_result", "ok") in kinds

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -458,6 +458,29 @@ class ChatService:
             conversation_id = message.conversation_id
         generation = Generation(conversation_id, message_id)
         return self._launch(generation, prepared, steps)
+
+    async def continue_run(
+        self, prepared: PreparedAnswer
+    ) -> tuple[AsyncIterator[Event], Callable[[], Awaitable[None]]]:
+        """The events of a resumed agent run and how to stop it: in its stored message
+        when the run was a conversation turn, else as a plain stream."""
+        message_id = prepared.request.message_id
+        if message_id is not None:
+            async with self.db.reader() as s:
+                stored = await s.get(Message, message_id) is not None
+            if stored:
+                generation = await self.resume(message_id, prepared)
+
+                async def cancel() -> None:
+                    generation.cancel()
+
+                return generation.events(), cancel
+        events = self.orchestrator.stream(prepared)
+
+        async def close() -> None:
+            await events.aclose()  # type: ignore[attr-defined]
+
+        return events, close
 
     def _launch(
         self,

@@ -90,17 +90,12 @@ async def _agent(settings: Settings, task: str, model: str, as_json: bool, yes: 
 
 async def _resumed(services: Any, approval_id: str, approve: bool, reason: str) -> Any:
     """The run of an approval, decided by the operator, ready to go on."""
-    from concilium.orchestrator.agent import AgentMode, RunState
-    from concilium.orchestrator.engine import AnswerRequest
+    from concilium.orchestrator.agent import AgentMode
 
     agent = services.orchestrator.modes["agent"]
     assert isinstance(agent, AgentMode)
-    approval = await agent.decide(approval_id, None, approve=approve, reason=reason)
-    resumption = await agent.resumption(approval, approved=approve, reason=reason)
-    state = RunState.from_json(approval.state)
-    return await services.orchestrator.prepare(
-        AnswerRequest(state.messages, approval.model, mode="agent"), context=resumption
-    )
+    request, resumption = await agent.decided(approval_id, None, approve=approve, reason=reason)
+    return await services.orchestrator.prepare(request, context=resumption)
 
 
 async def _show(events: Any, as_json: bool) -> tuple[int, Any]:
@@ -212,7 +207,9 @@ async def _decide(
         except ConciliumError as exc:
             err.print(f"[red]{exc.code}:[/] {exc.detail}")
             return 1
-        code, pending = await _show(services.orchestrator.stream(prepared), as_json)
+        # A conversation turn goes on in its stored message, as over the API.
+        events, _ = await services.chat.continue_run(prepared)
+        code, pending = await _show(events, as_json)
         if pending is not None:
             err.print(f"[yellow]approval {pending.id} is pending[/]")
             return 3

@@ -26,6 +26,7 @@ from concilium.agents.executor import ToolExecutor, ToolOutcome
 from concilium.agents.tools import Risk, ToolContext
 from concilium.auth.audit import Actor
 from concilium.auth.principal import Principal, Scope
+from concilium.auth.quotas import Account
 from concilium.config import Settings
 from concilium.errors import Conflict, Forbidden, NotFound
 from concilium.events import (
@@ -42,7 +43,7 @@ from concilium.events import (
 )
 from concilium.llm.base import ChatMessage, GenerationParams, ResponseFormat
 from concilium.llm.router import Router
-from concilium.orchestrator.engine import PreparedAnswer
+from concilium.orchestrator.engine import AnswerRequest, PreparedAnswer
 from concilium.orchestrator.prompt import PromptBuilder, PromptParts
 from concilium.store.models import AgentApproval, Membership, Role, new_id, utcnow
 
@@ -321,6 +322,31 @@ class AgentMode:
             raise Conflict(f"approval {approval_id} is {outcome}, not pending")
         approval.status, approval.reason = status, reason or None
         return approval
+
+    async def decided(
+        self,
+        approval_id: str,
+        decider: Principal | None,
+        *,
+        approve: bool,
+        reason: str = "",
+    ) -> tuple[AnswerRequest, Resumption]:
+        """``decide``, then the request that continues the run as its requester (prepare
+        it with ``context=`` the resumption): the same for the API and the CLI."""
+        approval = await self.decide(approval_id, decider, approve=approve, reason=reason)
+        resumption = await self.resumption(approval, approved=approve, reason=reason)
+        account = None
+        if approval.owner_id is not None and approval.workspace_id is not None:
+            account = Account(approval.owner_id, approval.workspace_id)
+        request = AnswerRequest(
+            messages=RunState.from_json(approval.state).messages,
+            model=approval.model,
+            mode="agent",
+            account=account,
+            principal=resumption.context.principal,
+            message_id=approval.message_id,
+        )
+        return request, resumption
 
     async def resumption(
         self, approval: AgentApproval, *, approved: bool, reason: str = ""

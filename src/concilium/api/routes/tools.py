@@ -14,7 +14,6 @@ from concilium.api.deps import ChatPrincipal, ServicesDep
 from concilium.api.schemas import ID_PATTERN, SafeText, problem_responses
 from concilium.api.streaming import event_stream_response, until_disconnect
 from concilium.auth.principal import Principal, Scope
-from concilium.auth.quotas import Account
 from concilium.events import (
     ApprovalRequired,
     Done,
@@ -26,10 +25,9 @@ from concilium.events import (
     ToolResult,
     event_to_dict,
 )
-from concilium.orchestrator.agent import AgentMode, RunState
-from concilium.orchestrator.engine import AnswerRequest
+from concilium.orchestrator.agent import AgentMode
 from concilium.services import Services
-from concilium.store.models import AgentApproval, Message
+from concilium.store.models import AgentApproval
 
 __all__ = ["router"]
 
@@ -187,51 +185,15 @@ async def _decide(
     pending = await agent.get_approval(approval_id, principal)  # 404 before anything
     principal.require(Scope.TOOLS)
     services.router.resolve(pending.model)  # a model gone since is a 4xx, not a lost decision
-    approval = await agent.decide(approval_id, principal, approve=approve, reason=body.reason)
-    resumption = await agent.resumption(approval, approved=approve, reason=body.reason)
-    account = None
-    if approval.owner_id is not None and approval.workspace_id is not None:
-        account = Account(approval.owner_id, approval.workspace_id)
-    state = RunState.from_json(approval.state)
-    prepared = await services.orchestrator.prepare(
-        AnswerRequest(
-            messages=state.messages,
-            model=approval.model,
-            mode="agent",
-            account=account,
-            principal=resumption.context.principal,
-            message_id=approval.message_id,
-        ),
-        context=resumption,
+    resumed, resumption = await agent.decided(
+        approval_id, principal, approve=approve, reason=body.reason
     )
-    events: AsyncIterator[Event]
-    stop = None
-    stored = approval.message_id is not None and await _exists(services, approval.message_id)
-    if stored:
-        assert approval.message_id is not None
-        generation = await services.chat.resume(approval.message_id, prepared)
-        events = generation.events()
-
-        async def stop_generation() -> None:
-            generation.cancel()
-
-        stop = stop_generation
-    else:
-        events = services.orchestrator.stream(prepared)
-
-        async def close_stream() -> None:
-            await events.aclose()  # type: ignore[attr-defined]
-
-        stop = close_stream
+    prepared = await services.orchestrator.prepare(resumed, context=resumption)
+    events, stop = await services.chat.continue_run(prepared)
     wants_stream = body.stream or "text/event-stream" in request.headers.get("accept", "")
     if wants_stream:
         return event_stream_response(events, stop)
-    return await until_disconnect(request, _collect(approval, events))
-
-
-async def _exists(services: Services, message_id: str) -> bool:
-    async with services.db.reader() as s:
-        return await s.get(Message, message_id) is not None
+    return await until_disconnect(request, _collect(resumption.approval, events))
 
 
 async def _collect(approval: AgentApproval, events: AsyncIterator[Event]) -> ResumedOut:
