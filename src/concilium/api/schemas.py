@@ -13,7 +13,10 @@ from pydantic import (
     model_validator,
 )
 
+from concilium.auth.principal import Principal, Scope
+from concilium.chat.service import TurnOptions
 from concilium.llm.base import GenerationParams, ResponseFormat
+from concilium.orchestrator.engine import RAG_PREFIX
 
 __all__ = [
     "ID_PATTERN",
@@ -138,6 +141,23 @@ class GenerationFields(BaseModel):
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
             response_format=self.response_format.to_domain() if self.response_format else None,
+        )
+
+    def turn_options(self, principal: Principal) -> TurnOptions:
+        """The turn as the chat service takes it, with its caller (the agent's tools act
+        with their role and scopes). Grounded turns need ``knowledge:read``."""
+        if self.collections or self.mode == "rag" or (self.model or "").startswith(RAG_PREFIX):
+            principal.require(Scope.KNOWLEDGE_READ)
+        return TurnOptions(
+            model=self.model,
+            params=self.params(),
+            mode=self.mode,
+            use_cache=self.cache,
+            collections=tuple(self.collections or ()),
+            retrieval=self.retrieval.to_dict() if self.retrieval else None,
+            principal=principal,
+            profile=self.profile,
+            reformulate=self.reformulate,
         )
 
 

@@ -20,9 +20,9 @@ from concilium.api.schemas import (
     problem_responses,
 )
 from concilium.api.streaming import event_stream_response, until_disconnect
-from concilium.auth.principal import Principal, Scope
+from concilium.auth.principal import Scope
 from concilium.auth.quotas import Account
-from concilium.chat.service import ChatService, Generation, TurnOptions, error_for
+from concilium.chat.service import ChatService, Generation, error_for
 from concilium.errors import Conflict, NotFound
 from concilium.events import Event
 from concilium.orchestrator.engine import RAG_PREFIX
@@ -132,22 +132,6 @@ class CancelOut(BaseModel):
 
 ConversationId = Annotated[str, Path(pattern=ID_PATTERN, description="Conversation id.")]
 MessageId = Annotated[str, Path(pattern=ID_PATTERN, description="Message id.")]
-
-
-def _options(body: GenerationFields, principal: Principal) -> TurnOptions:
-    if body.collections or body.mode == "rag" or (body.model or "").startswith(RAG_PREFIX):
-        principal.require(Scope.KNOWLEDGE_READ)
-    return TurnOptions(
-        model=body.model,
-        params=body.params(),
-        mode=body.mode,
-        use_cache=body.cache,
-        collections=tuple(body.collections or ()),
-        retrieval=body.retrieval.to_dict() if body.retrieval else None,
-        principal=principal,
-        profile=body.profile,
-        reformulate=body.reformulate,
-    )
 
 
 def _wants_stream(request: Request, body: GenerationFields) -> bool:
@@ -292,7 +276,7 @@ async def post_message(
         conversation_id,
         body.content,
         parent_id=body.parent_id,
-        options=_options(body, principal),
+        options=body.turn_options(principal),
     )
     return await _respond(request, chat, who, generation, body)
 
@@ -323,7 +307,7 @@ async def edit_message(
     """Store an edited copy of a user message as a new branch and answer it."""
     who = owner(principal)
     generation = await chat.edit(
-        who, conversation_id, message_id, body.content, options=_options(body, principal)
+        who, conversation_id, message_id, body.content, options=body.turn_options(principal)
     )
     return await _respond(request, chat, who, generation, body)
 
@@ -344,7 +328,7 @@ async def regenerate_message(
     """Answer the same question again; the new answer is a sibling branch."""
     who = owner(principal)
     generation = await chat.regenerate(
-        who, conversation_id, message_id, options=_options(body, principal)
+        who, conversation_id, message_id, options=body.turn_options(principal)
     )
     return await _respond(request, chat, who, generation, body)
 

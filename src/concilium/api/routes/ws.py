@@ -23,10 +23,9 @@ from concilium.api.deps import authenticate, owner
 from concilium.api.schemas import GenerationFields, Id, SafeText
 from concilium.auth.principal import Principal, Scope
 from concilium.auth.quotas import Account
-from concilium.chat.service import ChatService, Generation, TurnOptions
+from concilium.chat.service import ChatService, Generation
 from concilium.errors import ConciliumError, Forbidden
 from concilium.events import ErrorEvent, event_to_dict
-from concilium.orchestrator.engine import RAG_PREFIX
 from concilium.services import Services
 
 __all__ = ["router"]
@@ -90,20 +89,7 @@ async def _start(
     principal: Principal,
     frame: SendFrame | EditFrame | RegenerateFrame,
 ) -> Generation:
-    if frame.collections or frame.mode == "rag" or (frame.model or "").startswith(RAG_PREFIX):
-        principal.require(Scope.KNOWLEDGE_READ)
-    # The caller goes with the turn: the agent's tools act with their role and scopes.
-    options = TurnOptions(
-        model=frame.model,
-        params=frame.params(),
-        mode=frame.mode,
-        use_cache=frame.cache,
-        collections=tuple(frame.collections or ()),
-        retrieval=frame.retrieval.to_dict() if frame.retrieval else None,
-        principal=principal,
-        profile=frame.profile,
-        reformulate=frame.reformulate,
-    )
+    options = frame.turn_options(principal)
     if isinstance(frame, SendFrame):
         conversation_id = frame.conversation_id
         if conversation_id is None:
