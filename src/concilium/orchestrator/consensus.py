@@ -313,7 +313,7 @@ class ConsensusMode:
             )
             for i, w in enumerate(profile.workers)
         ]
-        needed = max(2, math.ceil(profile.agreement * len(profile.workers)))
+        needed = _quorum(profile)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + profile.max_seconds
         answers: dict[int, WorkerAnswer] = {}
@@ -389,7 +389,7 @@ class ConsensusMode:
                 f"consensus {context.name!r}: {len(valid)} of {len(answers)} workers answered "
                 f"({profile.min_workers} needed): {failures}"
             )
-        needed = max(2, math.ceil(profile.agreement * len(profile.workers)))
+        needed = _quorum(profile)
         agreed = profile.early_exit and _agreed(valid, needed)
         tally = vote(valid, weighted=profile.strategy == "weighted")
         assert tally is not None
@@ -460,10 +460,9 @@ class ConsensusMode:
         request: AnswerRequest,
         answers: Sequence[WorkerAnswer],
     ) -> AsyncIterator[Event]:
-        question = next(m.content for m in reversed(request.messages) if m.role == "user")
-        language = "fr" if _looks_french(question) else "en"
+        question, listed = _shown(request, answers)
+        language = "fr" if detect_language(question) == "fr" else "en"
         system = [m.content for m in request.messages if m.role == "system" and m.content]
-        listed = "\n\n".join(f"Answer {n}:\n{a.text.strip()}" for n, a in enumerate(answers, 1))
         messages = [
             ChatMessage("system", "\n\n".join([*system, _MERGE[language]])),
             ChatMessage("user", f"Request:\n{question}\n\n{listed}\n\nBest answer:"),
@@ -486,8 +485,7 @@ class ConsensusMode:
         assert fallback is not None
         if profile.judge == "agreement":
             return fallback, Usage(0, 0)
-        question = next(m.content for m in reversed(request.messages) if m.role == "user")
-        listed = "\n\n".join(f"Answer {n}:\n{a.text.strip()}" for n, a in enumerate(answers, 1))
+        question, listed = _shown(request, answers)
         schema = {
             "type": "object",
             "properties": {"best": {"type": "integer", "minimum": 1, "maximum": len(answers)}},
@@ -520,5 +518,13 @@ class ConsensusMode:
         return fallback, usage
 
 
-def _looks_french(text: str) -> bool:
-    return detect_language(text) == "fr"
+def _quorum(profile: ConsensusProfile) -> int:
+    """Workers that must give the same answer for early exit: at least two."""
+    return max(2, math.ceil(profile.agreement * len(profile.workers)))
+
+
+def _shown(request: AnswerRequest, answers: Sequence[WorkerAnswer]) -> tuple[str, str]:
+    """The question, and the answers numbered as the merger and the judge see them."""
+    question = next(m.content for m in reversed(request.messages) if m.role == "user")
+    listed = "\n\n".join(f"Answer {n}:\n{a.text.strip()}" for n, a in enumerate(answers, 1))
+    return question, listed

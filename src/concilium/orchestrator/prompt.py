@@ -127,14 +127,13 @@ class PromptBuilder:
             len(text.encode()) <= self.budget(route, part, max_tokens)
             for part, text in (("system", parts.system), ("memory", "\n".join(parts.memory)))
         ):
-            memory = "\n".join(f"- {n.strip()}" for n in parts.memory)
-            system_text = "\n\n".join(p for p in (parts.tools, parts.system, memory) if p)
-            messages = [ChatMessage("system", system_text)] if system_text else []
-            messages += list(parts.history)
-            if parts.question is not None:
-                messages.append(parts.question)
+            memory = "\n".join(_note(n) for n in parts.memory)
             report["counted"] = False
-            return BuiltPrompt(messages, window, report)
+            return BuiltPrompt(
+                _messages([parts.tools, parts.system, memory], parts.history, parts.question),
+                window,
+                report,
+            )
         system, used, cut = await self._clip(
             route, parts.system, self.budget(route, "system", max_tokens)
         )
@@ -161,12 +160,7 @@ class PromptBuilder:
             report["summarised"] = summarised
         if dropped:
             report["dropped"] = dropped
-        system_text = "\n\n".join(p for p in (head, summary) if p)
-        messages = [ChatMessage("system", system_text)] if system_text else []
-        messages += history
-        if question is not None:
-            messages.append(question)
-        return BuiltPrompt(messages, window, report)
+        return BuiltPrompt(_messages([head, summary], history, question), window, report)
 
     async def _memory(self, route: Route, notes: Sequence[str], max_tokens: int) -> tuple[str, int]:
         budget = self.budget(route, "memory", max_tokens)
@@ -176,7 +170,7 @@ class PromptBuilder:
         for note, size in zip(notes, sizes, strict=True):
             if spent + size > budget:
                 break
-            kept.append(f"- {note.strip()}")
+            kept.append(_note(note))
             spent += size
         return ("\n".join(kept), spent) if kept else ("", 0)
 
@@ -251,6 +245,22 @@ class PromptBuilder:
             log.warning("summary_failed", error=str(exc))
             return ""
         return " ".join("".join(parts).split())
+
+
+def _note(text: str) -> str:
+    return f"- {text.strip()}"
+
+
+def _messages(
+    system: Sequence[str], history: Sequence[ChatMessage], question: ChatMessage | None
+) -> list[ChatMessage]:
+    """One system message (the non-empty parts), the conversation, the question."""
+    text = "\n\n".join(part for part in system if part)
+    messages = [ChatMessage("system", text)] if text else []
+    messages += history
+    if question is not None:
+        messages.append(question)
+    return messages
 
 
 def _key(messages: Sequence[ChatMessage]) -> str:

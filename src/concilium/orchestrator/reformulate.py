@@ -22,7 +22,7 @@ from concilium.knowledge.language import detect_language
 from concilium.llm.base import ChatMessage, GenerationParams, ResponseFormat
 from concilium.llm.router import Router
 
-__all__ = ["Reformulation", "Reformulator", "last_question"]
+__all__ = ["Reformulation", "Reformulator", "last_question", "with_previous"]
 
 log = structlog.get_logger(__name__)
 
@@ -69,7 +69,8 @@ def last_question(messages: Sequence[ChatMessage]) -> tuple[str, list[ChatMessag
     raise InvalidRequest("the request has no question from the user")
 
 
-def _joined(question: str, earlier: Sequence[ChatMessage]) -> str:
+def with_previous(question: str, earlier: Sequence[ChatMessage]) -> str:
+    """A short follow-up read with the previous question ("and in 2024?")."""
     users = [m.content.strip() for m in earlier if m.role == "user" and m.content.strip()]
     if users and len(question.split()) < _SHORT_FOLLOW_UP:
         return f"{users[-1]} {question}"
@@ -91,10 +92,10 @@ class Reformulator:
         question, earlier = last_question(messages)
         on = self.settings.enabled if enabled is None else enabled
         if not on:
-            return Reformulation(question, _joined(question, earlier))
+            return Reformulation(question, with_previous(question, earlier))
         query, rewritten = question, False
         if earlier:
-            query = await self._standalone(question, earlier) or _joined(question, earlier)
+            query = await self._standalone(question, earlier) or with_previous(question, earlier)
             rewritten = query != question
         wanted = self.settings.multi_query if multi_query is None else multi_query
         variants = await self._variants(query, wanted) if wanted else ()

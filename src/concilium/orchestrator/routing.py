@@ -24,14 +24,13 @@ from concilium.llm.base import ChatMessage
 from concilium.orchestrator.engine import AnswerRequest
 from concilium.orchestrator.intent import IntentClassifier
 from concilium.orchestrator.rag import RagMode, caller_of
-from concilium.orchestrator.reformulate import last_question
+from concilium.orchestrator.reformulate import last_question, with_previous
 
 __all__ = ["IntentRouting"]
 
 log = structlog.get_logger(__name__)
 
 _MAX_COLLECTIONS = 20
-_SHORT_FOLLOW_UP = 6
 _CLARIFY = {
     "en": (
         "The request is too vague to answer or act on. Ask one short question to learn "
@@ -57,10 +56,7 @@ class IntentRouting:
         self, request: AnswerRequest, available: Sequence[str]
     ) -> tuple[AnswerRequest, RouteChosen]:
         question, earlier = last_question(request.messages)
-        text = question
-        users = [m.content.strip() for m in earlier if m.role == "user" and m.content.strip()]
-        if users and len(question.split()) < _SHORT_FOLLOW_UP:
-            text = f"{users[-1]}\n{question}"  # "and the other one?" is read with its context
+        text = with_previous(question, earlier)  # "and the other one?" needs its context
         decision = await self.classifier.classify(text)
         intent = decision.intent
         base = RouteChosen(
@@ -78,7 +74,7 @@ class IntentRouting:
         elif intent == "operational" and "agent" in available:
             mode, reason = "agent", "an operational task: the agent acts with tools"
         elif intent == "knowledge" and self.rag is not None and "rag" in available:
-            mode, reason, collections = await self._knowledge(request, question, text)
+            mode, reason, collections = await self._knowledge(request, text)
         elif intent == "clarification" and unsure:
             reason = "perhaps vague, but not sure enough to ask back"
         elif intent == "clarification":
@@ -109,7 +105,7 @@ class IntentRouting:
         return request, chosen
 
     async def _knowledge(
-        self, request: AnswerRequest, question: str, text: str
+        self, request: AnswerRequest, text: str
     ) -> tuple[str, str, tuple[str, ...]]:
         assert self.rag is not None
         knowledge = self.rag.knowledge
@@ -126,8 +122,7 @@ class IntentRouting:
         candidates = [c for c, stats in listed if stats.chunks > 0][:_MAX_COLLECTIONS]
         if not candidates:
             return "direct", "a question; no collection holds documents", ()
-        query = question if text == question else text.replace("\n", " ")
-        hits = await self.rag.relevant(candidates, [query], {})
+        hits = await self.rag.relevant(candidates, [text], {})
         if not hits:
             return "direct", "a question the collections do not answer", ()
         found = tuple(dict.fromkeys(h.collection_id for h in hits))
