@@ -43,19 +43,19 @@ run: install system-deps
 services:
 	@scripts/ensure-services.sh
 
-# OCR for scanned PDFs and images: Debian's tesseract with English and French data.
+# Optional system packages (Debian): OCR for scanned PDFs and images (tesseract, English
+# and French), and bubblewrap, the sandbox the shell and python tools need. Without root
+# or apt-get, `make run` says what is missing and goes on.
+SYSTEM_PACKAGES := tesseract-ocr tesseract-ocr-eng tesseract-ocr-fra bubblewrap
 system-deps:
-	@command -v tesseract >/dev/null && tesseract --list-langs 2>/dev/null | grep -q fra || \
-	  (apt-get install -y tesseract-ocr tesseract-ocr-eng tesseract-ocr-fra || \
-	   (apt-get update && apt-get install -y tesseract-ocr tesseract-ocr-eng tesseract-ocr-fra))
+	@scripts/debian-packages.sh optional "OCR and the tool sandbox" $(SYSTEM_PACKAGES)
 
-# The ssh tool's test starts its own OpenSSH server on a loopback port.
+# The tests need all of it, and an OpenSSH server (the ssh tool's test starts its own).
 test-deps:
-	@test -x /usr/sbin/sshd || (DEBIAN_FRONTEND=noninteractive apt-get install -y openssh-server || \
-	  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y openssh-server))
+	@scripts/debian-packages.sh required "the test-suite" $(SYSTEM_PACKAGES) openssh-server
 
 # The acceptance test of grounded answers runs the default model.
-test: install system-deps test-deps $(VENV)/.test-model services
+test: install test-deps $(VENV)/.test-model services
 	$(BIN)/concilium models pull $(DEFAULT_MODEL) --models-dir .cache/models
 	$(BIN)/pytest $(PYTEST_ARGS)
 
@@ -92,7 +92,7 @@ lock: $(VENV)/.bootstrapped
 # own, ignoring the lock: what a fresh `pip install concilium` would get today. Not part of
 # CI; it shows drift before users meet it. It first lists what differs from the lock.
 LATEST ?= .venv-latest
-test-latest: $(VENV)/.installed system-deps test-deps services
+test-latest: $(VENV)/.installed test-deps services
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
 	$(UV) pip install --quiet --python $(LATEST)/bin/python --upgrade -e ".[dev]"

@@ -47,6 +47,7 @@ __all__ = [
     "NetworkToolSettings",
     "OrchestrationSettings",
     "RouterSettings",
+    "SandboxSettings",
     "ServerSettings",
     "Settings",
     "ShellSettings",
@@ -371,7 +372,7 @@ class ToolSettings(_Section):
 
 
 class ShellSettings(_Section):
-    """The shell tool's sandbox."""
+    """The shell and python tools: what the text policy lets through, and their limits."""
 
     allow: list[str] = Field(
         default_factory=list,
@@ -379,6 +380,20 @@ class ShellSettings(_Section):
     )
     deny: list[str] = Field(
         default_factory=list, description="Programs refused besides the built-in list."
+    )
+    runners: list[str] = Field(
+        default_factory=list,
+        description="Programs that run other programs (editors, pagers, compilers, build "
+        "tools, debuggers, package managers…), refused by default, that are allowed here "
+        "(e.g. make, gcc, git hooks stay inside the sandbox).",
+    )
+    network: bool = Field(
+        False,
+        description="Shell commands and Python snippets may reach the network, only through "
+        "the guarded proxy with http_fetch's rules (public addresses and agents.network.allow).",
+    )
+    processes: int = Field(
+        256, ge=8, le=100_000, description="Processes and threads a command may have at once."
     )
     timeout_seconds: float = Field(30.0, gt=0, le=3600, description="Wall-clock limit.")
     cpu_seconds: int = Field(20, ge=1, description="CPU time limit of the command.")
@@ -407,6 +422,15 @@ class SshHostSettings(_Section):
     username: str = Field(description="Login name.")
     key_file: Path = Field(description="Private key file (no passwords are used).")
     known_hosts: Path = Field(description="known_hosts file the host key must match.")
+    mode: Literal["allow", "deny"] = Field(
+        "allow",
+        description="allow: only read-only commands (a built-in list) and those in "
+        "`commands`; deny: anything the shell policy does not refuse.",
+    )
+    commands: list[str] = Field(
+        default_factory=list,
+        description='More allowed commands, as leading words (e.g. "systemctl restart nginx").',
+    )
 
 
 class McpServerSettings(_Section):
@@ -445,6 +469,25 @@ class McpServerSettings(_Section):
         return self
 
 
+class SandboxSettings(_Section):
+    """The operating-system sandbox of tools that run programs (bubblewrap)."""
+
+    enabled: bool = Field(
+        True,
+        description="Tools that run programs need the sandbox; off, they refuse to run "
+        "(never run unconfined).",
+    )
+    bwrap: str = Field("bwrap", description="The bubblewrap program (name or path).")
+    uid: int = Field(
+        65534,
+        ge=1,
+        description="User programs run as when the server runs as root (a dedicated, "
+        "unused uid is best; 65534 is nobody). Otherwise they run as the server's user.",
+    )
+    gid: int = Field(65534, ge=1, description="Group programs run as when the server is root.")
+    tmp_mb: int = Field(64, ge=1, description="Size of the sandbox's own /tmp.")
+
+
 class AgentSettings(_Section):
     """Agents and their tools."""
 
@@ -477,7 +520,12 @@ class AgentSettings(_Section):
         default_factory=dict, description="Hosts the ssh tool may reach, by name."
     )
     shell: ShellSettings = Field(
-        default_factory=ShellSettings, description="The shell tool's sandbox."
+        default_factory=ShellSettings,
+        description="The shell and python tools: text policy and limits.",
+    )
+    sandbox: SandboxSettings = Field(
+        default_factory=SandboxSettings,
+        description="The operating-system sandbox of tools that run programs.",
     )
     network: NetworkToolSettings = Field(
         default_factory=NetworkToolSettings, description="Tools that reach other machines."

@@ -376,7 +376,8 @@ async def test_benign_corpus_is_allowed_and_done(
         assert outcome.status == "ok", (name, arguments, outcome.output)
         if name == "shell":
             assert outcome.output.startswith("exit code 0"), (arguments, outcome.output)
-    assert len(spy.started) == len(BENIGN_COMMANDS)
+    # One sandboxed run per command, and the sandbox's one-time probe.
+    assert len(spy.started) == len(BENIGN_COMMANDS) + 1
 
     results = {
         (name, str(arguments)): (await tools.execute(name, arguments, context)).output
@@ -541,13 +542,12 @@ async def test_python_snippets_run_confined(
         assert outcome.output == f"exit code 0\n{printed}\n", code
     for code in PYTHON_HOSTILE:
         outcome = await tools.execute("python", {"code": code}, context, approved=True)
-        assert outcome.output.startswith("exit code 1\n"), (code, outcome.output)
-        assert (
-            outcome.output.rstrip().endswith(
-                ("is outside the workspace'", "is not allowed in the sandbox", "MemoryError")
-            )
-            or "PermissionError" in outcome.output
-        ), (code, outcome.output)
+        # Stopped by the runtime guard (audited as denied) or by the sandbox's limits.
+        assert outcome.status in ("denied", "ok"), (code, outcome)
+        if outcome.status == "denied":
+            assert outcome.output.startswith("refused: the runtime guard stopped it: "), outcome
+        else:
+            assert "MemoryError" in outcome.output, (code, outcome.output)
         assert "root:x:0:0" not in outcome.output
     slow = await tools.execute("python", {"code": "while True: pass"}, context)
     assert slow.status == "error"

@@ -80,7 +80,7 @@ async def test_commands_run_on_a_configured_host_under_the_policy(
     settings = Settings(
         data_dir=tmp_path / "data",
         agents={
-            "ssh": {"box": sshd},
+            "ssh": {"box": {**sshd, "commands": ["sleep"]}},
             "tools": {"ssh": {"enabled": True, "approval": False}},
             "shell": {"timeout_seconds": 5},
         },
@@ -116,3 +116,40 @@ async def test_commands_run_on_a_configured_host_under_the_policy(
     mismatch = await tools.execute("ssh", {"host": "box", "command": "id"}, context)
     assert mismatch.status == "error"
     assert "ssh to box" in mismatch.output
+
+
+@pytest.mark.parametrize("mode", ["allow", "deny"])
+async def test_a_host_takes_read_only_commands_checked_before_connecting(
+    database: Database, tmp_path: Path, mode: str
+) -> None:
+    """No server listens: a refused command never gets as far as connecting."""
+    port = _free_port()
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        agents={
+            "ssh": {
+                "box": {
+                    "host": "127.0.0.1",
+                    "port": port,
+                    "username": "nobody",
+                    "key_file": str(tmp_path / "key"),
+                    "known_hosts": str(tmp_path / "known_hosts"),
+                    "mode": mode,
+                }
+            },
+            "tools": {"ssh": {"enabled": True, "approval": False}},
+        },
+    )
+    tools = build_tools(settings, AuditLog(settings, database), database)
+    context = ToolContext(principal=None, root=tmp_path)
+    refused = ["mysql -e 'DROP DATABASE production'", "systemctl stop nginx", "rm -rf /var"]
+    if mode == "allow":
+        refused += ["echo x > /etc/motd", "date -s 2001-01-01", "journalctl --vacuum-size=1M"]
+    for command in refused:
+        outcome = await tools.execute("ssh", {"host": "box", "command": command}, context)
+        assert outcome.status == "denied", (command, outcome)
+    # Read-only commands pass the check and only then fail to connect (nothing listens).
+    for command in ("systemctl status nginx", "df -h && uptime", "journalctl -u nginx -n 20"):
+        outcome = await tools.execute("ssh", {"host": "box", "command": command}, context)
+        assert outcome.status == "error", (command, outcome)
+        assert "ssh to box" in outcome.output

@@ -138,6 +138,21 @@ def test_doctor_passes_then_reports_a_dead_backend(env: dict[str, str]) -> None:
     assert "FAIL" in broken.stdout
 
 
+def test_doctor_says_why_the_tool_sandbox_cannot_work(env: dict[str, str]) -> None:
+    healthy = run(env, "doctor", "--skip-hashes")
+    assert "tool sandbox" in healthy.stdout
+    assert "bubblewrap: programs run as" in healthy.stdout
+    # Without bubblewrap: a note while no tool needs it, a failure once the shell is enabled.
+    env = {**env, "CONCILIUM_AGENTS__SANDBOX__BWRAP": "/nonexistent/bwrap", "COLUMNS": "250"}
+    off = run(env, "doctor", "--skip-hashes")
+    assert off.returncode == 0, off.stdout
+    assert "/nonexistent/bwrap not found" in off.stdout
+    env["CONCILIUM_AGENTS__TOOLS"] = json.dumps({"shell": {"enabled": True}})
+    on = run(env, "doctor", "--skip-hashes")
+    assert on.returncode == 1
+    assert "enabled here: shell" in " ".join(on.stdout.split())
+
+
 def test_db_upgrade(env: dict[str, str]) -> None:
     result = run(env, "db", "upgrade")
     assert result.returncode == 0, result.stderr

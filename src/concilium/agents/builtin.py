@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import contextlib
 import math
 import operator
 import os
-import resource
+import re
 import shutil
-import signal
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -25,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from yarl import URL
 
 from concilium.agents.policy import PolicyDenied, check_command, check_url, confine
+from concilium.agents.sandbox import Sandbox, SandboxRun
 from concilium.agents.tools import Risk, Tool, ToolContext, ToolError, tool
 from concilium.auth.principal import Scope
 from concilium.config import NetworkToolSettings, ShellSettings
@@ -314,18 +313,42 @@ class ShellArguments(BaseModel):
 
 
 class _ConfinedTool(Tool):
-    """A tool running a program in the workspace under the shell's limits."""
+    """A tool that runs a program in the operating-system sandbox, under the shell's limits."""
 
-    def __init__(self, settings: ShellSettings) -> None:
+    def __init__(self, settings: ShellSettings, sandbox: Sandbox) -> None:
         self.settings = settings
+        self.sandbox = sandbox
         self.timeout = settings.timeout_seconds + 5
+
+
+#: How programs report hitting the sandbox's walls: a read-only or absent file system,
+#: no permission, no network, no more processes.
+_WALLS = re.compile(
+    r"(?m)^\S.*?: .*\b(Read-only file system|Permission denied|Operation not permitted|"
+    r"Network is unreachable|Could not resolve host|Temporary failure in name resolution|"
+    r"Connection refused|Resource temporarily unavailable)\b"
+)
+
+
+def _observation(run: SandboxRun) -> str:
+    """The agent's observation of a sandboxed run, or ``PolicyDenied`` (audited as denied,
+    the output kept for the agent) when a guard or the sandbox stopped it."""
+    text = f"exit code {run.exit_code}\n{run.output}"
+    if run.reports:
+        raise PolicyDenied(f"the runtime guard stopped it: {run.reports[0]}\n{text}")
+    if run.egress_refused:
+        raise PolicyDenied(f"the network policy refused {run.egress_refused[0]}\n{text}")
+    wall = _WALLS.search(run.output) if run.exit_code != 0 else None
+    if wall is not None:
+        raise PolicyDenied(f"the sandbox stopped it ({wall.group(1)})\n{text}")
+    return text
 
 
 class ShellTool(_ConfinedTool):
     name = "shell"
     description = (
-        "Run a shell command in the workspace folder (no network tools, no access outside "
-        "the workspace); returns the exit code and output."
+        "Run a shell command in the workspace folder (sandboxed: the rest of the system is "
+        "read-only or hidden, no network unless granted); returns the exit code and output."
     )
     risk = Risk.EXECUTE
     Arguments = ShellArguments
@@ -333,112 +356,68 @@ class ShellTool(_ConfinedTool):
     async def run(self, arguments: BaseModel, context: ToolContext) -> str:
         assert isinstance(arguments, ShellArguments)
         check_command(
-            arguments.command, context.root, allow=self.settings.allow, deny=self.settings.deny
+            arguments.command,
+            context.root,
+            allow=self.settings.allow,
+            deny=self.settings.deny,
+            runners=self.settings.runners,
+            network=self.settings.network,
         )
-        root = context.root.resolve()
-        root.mkdir(parents=True, exist_ok=True)
-        environment = {
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "HOME": str(root),
-            "LANG": "C.UTF-8",
-            "TERM": "dumb",
-        }
+        await self.sandbox.check()
         argv = ["/bin/bash", "--noprofile", "--norc", "-c", arguments.command]
-        return await _run_confined(argv, root, environment, self.settings, None, "command")
-
-
-async def _run_confined(
-    argv: list[str],
-    root: Path,
-    environment: dict[str, str],
-    limits: ShellSettings,
-    stdin: bytes | None,
-    what: str,
-) -> str:
-    """Run a program in ``root`` with the limits, in its own process group; its exit
-    code and output (cut), or a ``ToolError`` when it runs out of time."""
-    process = await asyncio.create_subprocess_exec(
-        *argv,
-        cwd=root,
-        env=environment,
-        stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        preexec_fn=_limits(limits),
-        start_new_session=True,
-    )
-    try:
-        async with asyncio.timeout(limits.timeout_seconds):
-            output, _ = await process.communicate(stdin)
-    except TimeoutError:
-        _kill_group(process.pid)
-        await process.wait()
-        raise ToolError(f"the {what} ran longer than {limits.timeout_seconds:g}s") from None
-    except asyncio.CancelledError:
-        _kill_group(process.pid)
-        raise
-    text = output.decode("utf-8", errors="replace")
-    if len(text) > limits.output_chars:
-        text = text[: limits.output_chars] + "\n… (output cut)"
-    return f"exit code {process.returncode}\n{text}"
-
-
-def _limits(limits: ShellSettings) -> Callable[[], None]:
-    """Resource limits for a child process, set between fork and exec."""
-
-    def restrict() -> None:
-        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds))
-        memory = limits.memory_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-        size = limits.file_size_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-    return restrict
-
-
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
+        run = await self.sandbox.run(argv, context.root, network=self.settings.network)
+        return _observation(run)
 
 
 # -- python ---------------------------------------------------------------------------------
 
-#: Runs first in the snippet's interpreter (``-I``: no environment, no user site). An audit
-#: hook (PEP 578: it cannot be removed) refuses files outside the workspace (the standard
-#: library stays readable), sockets, subprocesses, signals and ctypes.
+#: Runs first in the snippet's interpreter (``-I``: no environment, no user site), inside the
+#: sandbox. An audit hook (PEP 578) is a runtime guard, not the boundary: it refuses early,
+#: with a clear message, files outside the workspace (the standard library stays readable),
+#: subprocesses, signals, ctypes and (unless the network is granted) sockets, and writes each
+#: refusal on the report pipe so that the call is audited as denied.
 _PYTHON_PRELUDE = """
 import os, sys
 _root = os.path.realpath(sys.argv[1])
+_network = sys.argv[2] == "network"
+_report = int(sys.argv[3])
 _library = tuple({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)})
 _writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-_denied = ("socket.", "subprocess.", "os.system", "os.exec", "os.posix_spawn", "os.fork",
+_denied = ("subprocess.", "os.system", "os.exec", "os.posix_spawn", "os.fork",
            "os.spawn", "os.kill", "os.killpg", "ctypes.", "os.chroot", "os.setuid",
            "os.symlink", "os.link", "shutil.chown", "os.chown",
            "sys.remote_exec", "sqlite3.enable_load_extension", "_posixsubprocess")
+if not _network:
+    _denied += ("socket.",)
+def _refuse(reason, _write=os.write):
+    try:
+        _write(_report, (reason.replace("\\n", " ") + "\\n").encode())
+    except OSError:
+        pass
+    raise PermissionError(reason)
 def _inside(path):
     real = os.path.realpath(os.fsdecode(path))
     return real == _root or real.startswith(_root + os.sep), real
-def _hook(event, args, _open=open):
+def _hook(event, args):
     if event == "open" and args and not isinstance(args[0], int):
         inside, real = _inside(args[0])
         mode, flags = args[1], (args[2] if len(args) > 2 else 0) or 0
         writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or flags & _writes
         if not inside and real != os.devnull and (writing or not real.startswith(_library)):
-            raise PermissionError(f"{args[0]!r} is outside the workspace")
+            _refuse(f"{args[0]!r} is outside the workspace")
     elif event in ("os.listdir", "os.scandir"):
         target = args[0] if args and args[0] is not None else "."
         if not isinstance(target, int):
             inside, real = _inside(target)
             if not inside and not real.startswith(_library):
-                raise PermissionError(f"{target!r} is outside the workspace")
+                _refuse(f"{target!r} is outside the workspace")
     elif event in ("os.chdir", "os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod",
                    "shutil.rmtree", "os.truncate", "os.utime"):
         target = args[0] if args and args[0] is not None else "."
         if not isinstance(target, int) and not _inside(target)[0]:
-            raise PermissionError(f"{target!r} is outside the workspace")
+            _refuse(f"{target!r} is outside the workspace")
     elif event.startswith(_denied):
-        raise PermissionError(f"{event} is not allowed in the sandbox")
+        _refuse(f"{event} is not allowed in the sandbox")
 sys.addaudithook(_hook)
 del _hook
 sys.argv = sys.argv[:1]
@@ -458,21 +437,37 @@ class PythonArguments(BaseModel):
 class PythonTool(_ConfinedTool):
     name = "python"
     description = (
-        "Run a Python 3 snippet (standard library only) in the workspace folder and return "
-        "what it prints; files outside the workspace, network and subprocesses are refused."
+        "Run a Python 3 snippet in the workspace folder (sandboxed) and return what it "
+        "prints; files outside the workspace, subprocesses and (unless granted) the network "
+        "are refused."
     )
     risk = Risk.EXECUTE
     Arguments = PythonArguments
 
     async def run(self, arguments: BaseModel, context: ToolContext) -> str:
         assert isinstance(arguments, PythonArguments)
+        await self.sandbox.check()
+        network = self.settings.network
         root = context.root.resolve()
-        root.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-I", "-c", _PYTHON_PRELUDE, str(root)]
-        environment = {"LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8", "HOME": str(root)}
-        return await _run_confined(
-            argv, root, environment, self.settings, arguments.code.encode(), "snippet"
+        argv = [
+            sys.executable,
+            "-I",
+            "-c",
+            _PYTHON_PRELUDE,
+            str(root),
+            "network" if network else "offline",
+        ]
+        run = await self.sandbox.run(
+            argv,
+            root,
+            stdin=arguments.code.encode(),
+            environment={"PYTHONIOENCODING": "utf-8"},
+            network=network,
+            python=True,
+            report=True,
+            what="snippet",
         )
+        return _observation(run)
 
 
 # -- network --------------------------------------------------------------------------------
@@ -581,7 +576,9 @@ async def knowledge_search(context: ToolContext, query: str, collection: str) ->
     )
 
 
-def builtin_tools(shell: ShellSettings, network: NetworkToolSettings) -> list[Tool]:
+def builtin_tools(
+    shell: ShellSettings, network: NetworkToolSettings, sandbox: Sandbox
+) -> list[Tool]:
     made: list[Tool] = [
         t()
         for t in (
@@ -595,4 +592,4 @@ def builtin_tools(shell: ShellSettings, network: NetworkToolSettings) -> list[To
             knowledge_search,
         )
     ]
-    return [*made, ShellTool(shell), PythonTool(shell), HttpFetchTool(network)]
+    return [*made, ShellTool(shell, sandbox), PythonTool(shell, sandbox), HttpFetchTool(network)]

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from concilium.agents.mcp_client import McpConnection, connect_servers
 from concilium.agents.policy import PolicyDenied, ToolPolicy
+from concilium.agents.sandbox import Sandbox
 from concilium.agents.tools import Tool, ToolContext, ToolError, ToolRegistry
 from concilium.auth.audit import Actor, AuditLog
 from concilium.auth.principal import Principal
@@ -204,8 +205,10 @@ def build_tools(settings: Settings, audit: AuditLog, db: Database) -> ToolExecut
     """The built-in tools and the installed plugins, under the configured policy."""
     from concilium.agents.builtin import builtin_tools
 
+    agents = settings.agents
+    sandbox = Sandbox(agents.sandbox, agents.shell, agents.network)
     registry = ToolRegistry()
-    for item in builtin_tools(settings.agents.shell, settings.agents.network):
+    for item in builtin_tools(agents.shell, agents.network, sandbox):
         registry.register(item)
     if settings.agents.ssh:
         from concilium.agents.ssh import SshTool
@@ -217,4 +220,7 @@ def build_tools(settings: Settings, audit: AuditLog, db: Database) -> ToolExecut
         for item in docker_tools(settings.agents.docker_socket):
             registry.register(item)
     registry.load_entry_points()
-    return ToolExecutor(registry, ToolPolicy(settings.agents), audit, db, settings.workspaces_dir)
+    executor = ToolExecutor(registry, ToolPolicy(agents), audit, db, settings.workspaces_dir)
+    # Plugins that run programs use it too: ``context.services["sandbox"].run(...)``.
+    executor.services["sandbox"] = sandbox
+    return executor

@@ -1,8 +1,12 @@
 """Running a command on a configured host over SSH (asyncssh).
 
 Only hosts named in ``agents.ssh`` are reachable, with a key and a known_hosts file
-(never a password, never an unknown host key). The command passes the same checks as the
-local shell's, paths aside. Execute risk: off until enabled, approval by default.
+(never a password, never an unknown host key). By default a host takes only read-only
+commands (``policy.READ_ONLY_REMOTE_COMMANDS`` and the host's own ``commands``); its
+``mode = "deny"`` opts into the local shell's checks instead, paths aside. The command is
+checked before any connection is made. The other machine is not sandboxed: what a command
+may do there is up to that machine's user and rules. Execute risk: off until enabled,
+approval by default.
 """
 
 from __future__ import annotations
@@ -12,7 +16,11 @@ from typing import Any
 import asyncssh
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from concilium.agents.policy import check_command
+from concilium.agents.policy import (
+    READ_ONLY_REMOTE_COMMANDS,
+    check_command,
+    check_remote_command,
+)
 from concilium.agents.tools import Risk, Tool, ToolContext, ToolError
 from concilium.config import ShellSettings, SshHostSettings
 
@@ -45,7 +53,11 @@ class SshTool(Tool):
         host = self.hosts.get(host_name)
         if host is None:
             raise ToolError(f"no configured host {host_name!r}; known: {sorted(self.hosts)}")
-        check_command(command, None, allow=self.shell.allow, deny=self.shell.deny)
+        # Checked before any connection is made.
+        if host.mode == "allow":
+            check_remote_command(command, [*READ_ONLY_REMOTE_COMMANDS, *host.commands])
+        else:
+            check_command(command, None, allow=self.shell.allow, deny=self.shell.deny)
         try:
             async with asyncssh.connect(
                 host.host,

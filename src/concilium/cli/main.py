@@ -533,6 +533,20 @@ async def _doctor(settings: Settings, skip_hashes: bool) -> list[tuple[str, bool
         finally:
             await backend.aclose()
 
+    from concilium.agents.sandbox import Sandbox
+
+    agents = settings.agents
+    sandbox = Sandbox(agents.sandbox, agents.shell, agents.network)
+    problem = await sandbox.problem()
+    who = f"uid {agents.sandbox.uid}" if sandbox.as_root else "the server's user"
+    needed = [n for n in ("shell", "python") if (t := agents.tools.get(n)) and t.enabled]
+    if problem is None:
+        detail = f"bubblewrap: programs run as {who}, read-only system, no network"
+    else:
+        enabled = f"enabled here: {', '.join(needed)}" if needed else "off here"
+        detail = f"{problem}; the shell and python tools refuse to run ({enabled})"
+    rows.append(("tool sandbox", problem is None or not needed, detail))
+
     models_dir = settings.resolved_models_dir
     for entry in catalog.CATALOG.values():
         path = catalog.model_file(models_dir, entry)
