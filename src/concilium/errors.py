@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 __all__ = [
+    "AgentOutputInvalid",
     "BackendError",
     "BackendTimeout",
     "BackendUnavailable",
+    "BudgetExceeded",
     "ConciliumError",
     "Conflict",
     "Forbidden",
@@ -137,3 +139,18 @@ class BackendUnavailable(BackendError):
     status = 503
     code = "backend_unavailable"
     title = "No backend available"
+
+
+class BudgetExceeded(ConciliumError):
+    """A run used up its budget (time, tokens, steps) before finishing; what it did is in
+    the answer streamed so far."""
+
+    status = 422
+    code = "budget_exceeded"
+
+
+class AgentOutputInvalid(BackendError):
+    """The model's agent step could not be read, even after a repair attempt."""
+
+    status = 502
+    code = "agent_output_invalid"

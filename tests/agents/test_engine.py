@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from concilium.chat.service import error_for
 from concilium.events import (
     ApprovalRequired,
     Done,
@@ -22,7 +23,7 @@ from concilium.events import (
 )
 from concilium.knowledge.service import Upload
 from concilium.llm.base import ChatMessage
-from concilium.orchestrator.agent import AgentMode, RunState, parse_step
+from concilium.orchestrator.agent import AgentMode, RunState, StepMarkupFilter, parse_step
 from concilium.orchestrator.engine import AnswerRequest
 from concilium.services import Services, running_services
 from concilium.store.models import AuditEntry, Workspace
@@ -212,6 +213,112 @@ async def test_an_injected_document_cannot_make_the_agent_run_rm(
     assert (home / "precious.txt").read_text() == "keep me"
 
 
+async def test_knowledge_search_takes_no_made_up_collection(
+    make_settings: SettingsFactory, fake_openai: tuple[FakeOpenAI, str]
+) -> None:
+    """A guessed collection name is an observation naming the real ones (not a crash,
+    not an error in the logs); with no name, every readable collection is searched."""
+    fake, url = fake_openai
+    async with running_services(_settings(make_settings, url)) as services:
+        async with services.db.session() as s:
+            workspace = Workspace(name="w")
+            s.add(workspace)
+        collection = await services.knowledge.create_collection(
+            None, "exploitation", workspace_id=workspace.id
+        )
+        job = await services.knowledge.ingest(
+            None,
+            collection.id,
+            [Upload("orion.md", b"# Orion\n\nFull backups of Orion start every night at 2:30.")],
+        )
+        await services.knowledge.runner.run_job(job.id)
+        fake.push(
+            _step(
+                "knowledge_search",
+                arguments={"query": "Orion backups", "collection": "server_backup_schedule"},
+            ),
+            _step("knowledge_search", arguments={"query": "Orion full backups"}),
+            _step("answer", answer="At 2:30."),
+        )
+        events = await _run(services, "When do the full backups of Orion start?")
+    results = [r for r in events if isinstance(r, ToolResult)]
+    assert [(r.tool, r.status) for r in results] == [
+        ("knowledge_search", "error"),
+        ("knowledge_search", "ok"),
+    ]
+    assert "no collection named 'server_backup_schedule'" in results[0].output
+    assert "exploitation" in results[0].output
+    assert "2:30" in results[1].output
+
+
+async def test_the_final_answer_is_written_from_real_results_and_shows_no_step_markup(
+    make_settings: SettingsFactory, fake_openai: tuple[FakeOpenAI, str]
+) -> None:
+    """The writer sees the task and the tools' results, not the step transcript; if the
+    model still imitates an observation block, it never reaches the user."""
+    fake, url = fake_openai
+    settings = _settings(make_settings, url)
+    workspace = settings.workspaces_dir / "local"
+    workspace.mkdir(parents=True)
+    for name, size in (("a.log", 900), ("b.txt", 10), ("c.txt", 20), ("d.md", 30)):
+        (workspace / name).write_text("x" * size)
+    fake.push(
+        _step("list_files", arguments={}),
+        _step("answer", answer="4 files; a.log is the largest."),
+        Behaviour(
+            text='There are 4 files. <observation tool="list_files" status="ok">\nfile1.txt'
+            "\nfile15.txt\n</observation> The largest is a.log (900 bytes)."
+        ),
+    )
+    async with running_services(settings) as services:
+        events = await _run(services, "How many files are in the workspace and the largest?")
+    said = "".join(e.text for e in events if isinstance(e, Token))
+    assert said == "There are 4 files.  The largest is a.log (900 bytes)."
+    writer = fake.requests[-1]["messages"]
+    assert writer[0]["role"] == "system"
+    assert "never invent a result" in writer[0]["content"]
+    assert "a.log\t900" in writer[1]["content"]
+    assert "<observation" not in writer[1]["content"]
+
+
+async def test_a_spent_budget_ends_with_what_was_done_and_its_own_error(
+    make_settings: SettingsFactory, fake_openai: tuple[FakeOpenAI, str]
+) -> None:
+    fake, url = fake_openai
+    step = _step("calculator", arguments={"expression": "6 * 7"})
+    step.start_delay = 0.5  # the model is slow: the budget is spent after one step
+    fake.push(step, _step("current_time", arguments={}), _step("answer", answer="never"))
+    settings = _settings(make_settings, url, max_seconds=0.3)
+    async with running_services(settings) as services:
+        events = await _run(services, "compute six times seven, then tell the time")
+    error = events[-1]
+    assert isinstance(error, ErrorEvent)
+    assert error.code == "budget_exceeded"
+    said = "".join(e.text for e in events if isinstance(e, Token))
+    assert "I ran out of its time (0.3s) after 1 steps" in said
+    assert "calculator (ok)" in said
+    failure = error_for(error)
+    assert (failure.status, failure.code) == (422, "budget_exceeded")
+
+
+@pytest.mark.parametrize(
+    ("chunks", "shown"),
+    [
+        (
+            ["4 files. <obs", 'ervation tool="x">f1\nf15', "</observation> a.log."],
+            "4 files.  a.log.",
+        ),
+        (["a < b, c <", "p>x</p> ok"], "a < b, c <p>x</p> ok"),
+        (['4 <observation tool="x">made up, never closed'], "4 "),
+        (["x </observation> y <passage>z</passage>!"], "x  y !"),
+    ],
+    ids=["split-block", "other-tags", "unclosed", "stray-and-passage"],
+)
+def test_step_markup_never_reaches_the_user(chunks: list[str], shown: str) -> None:
+    cleaner = StepMarkupFilter()
+    assert "".join(cleaner.feed(c) for c in chunks) + cleaner.flush() == shown
+
+
 def test_parse_step_validates_what_the_model_says() -> None:
     tools = ["calculator"]
     assert parse_step('{"thought": "t", "action": "answer", "answer": "ok"}', tools).answer == "ok"
@@ -268,6 +375,10 @@ def test_the_agent_model_id_over_the_openai_api(fake_live: tuple[Any, FakeOpenAI
     assert answer.json()["choices"][0]["message"]["content"] == "6 x 7 = 42"
     observation = fake.requests[-2]["messages"][-1]["content"]
     assert observation.startswith('<observation tool="calculator" status="ok">\n42\n')
+    # A client that does not stream sees what the agent did, too.
+    steps = answer.json()["concilium"]["steps"]
+    assert [s["type"] for s in steps] == ["thought", "tool_call", "tool_result", "thought"]
+    assert (steps[2]["tool"], steps[2]["status"], steps[2]["output"]) == ("calculator", "ok", "42")
     unknown = live.http.post("/v1/chat/completions", json={**body, "model": "agent:nope"})
     assert unknown.status_code == 404
 

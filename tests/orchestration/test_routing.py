@@ -112,6 +112,39 @@ def test_auto_routes_greetings_tasks_and_questions(live_server: LiveFactory) -> 
         assert sum(bool(m["steps"]) and m["steps"][0]["type"] == "route" for m in stored) == 4
 
 
+ORION = """# Serveur Orion — exploitation
+
+## Sauvegardes
+
+Les sauvegardes complètes du serveur Orion sont lancées chaque nuit à 2 h 30, les
+sauvegardes incrémentales toutes les quatre heures. Elles sont conservées trente jours.
+"""
+
+
+def test_a_question_the_collections_answer_goes_to_rag_whatever_the_first_guess(
+    live_server: LiveFactory,
+) -> None:
+    """The classifier takes this question for an operational task; the collections hold
+    its answer, so it is answered from them rather than by an agent hunting for it."""
+    with _router_on(live_server) as live:
+        _, client = live.login("admin", SCOPES)
+        collection = client.post("/api/collections", json={"name": "exploitation"}).json()
+        job = client.post(
+            f"/api/collections/{collection['id']}/documents",
+            files=[("files", ("orion.md", ORION.encode()))],
+        ).json()
+        assert wait_for_job(client, job["id"])["status"] == "completed"
+        question = "À quelle heure sont lancées les sauvegardes complètes du serveur Orion ?"
+        route = _route(_turn(client, question))
+        assert (route["mode"], route["intent"]) == ("rag", "operational")
+        assert route["collections"] == [collection["id"]]
+        # A key that may not read the collections is told why they were not used.
+        _, chat_only = live.login("admin", ["chat"])
+        hidden = _route(_turn(chat_only, question))
+        assert hidden["mode"] != "rag"
+        assert "lacks the knowledge:read scope" in hidden["reason"]
+
+
 def test_the_route_reaches_openai_clients(live_server: LiveFactory) -> None:
     with _router_on(live_server) as live:
         client = openai.OpenAI(base_url=live.url + "/v1", api_key=live.admin_key, max_retries=0)

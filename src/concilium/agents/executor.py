@@ -24,6 +24,7 @@ from concilium.agents.tools import Tool, ToolContext, ToolError, ToolRegistry
 from concilium.auth.audit import Actor, AuditLog
 from concilium.auth.principal import Principal
 from concilium.config import McpServerSettings, Settings
+from concilium.errors import ConciliumError
 from concilium.store.db import Database
 from concilium.store.models import Membership
 
@@ -153,6 +154,12 @@ class ToolExecutor:
         except asyncio.CancelledError:
             await asyncio.shield(self._record(name, shown, "error", "cancelled", started, context))
             raise
+        except ConciliumError as exc:
+            if exc.status >= 500:
+                log.warning("tool_failed", tool=name, error=exc.detail)
+            # Not found, refused, invalid: an answer about the world, not a crash.
+            message = f"error: {_short(exc.detail)}"
+            return await self._record(name, shown, "error", message, started, context)
         except Exception as exc:  # a tool's bug is the agent's observation, and logged
             log.exception("tool_crashed", tool=name)
             message = f"error: {type(exc).__name__}: {_short(str(exc))}"

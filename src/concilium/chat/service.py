@@ -632,6 +632,8 @@ def _params_record(params: GenerationParams) -> dict[str, Any]:
 _ERRORS_BY_CODE: dict[str, type[ConciliumError]] = {
     cls.code: cls
     for cls in (
+        errors.AgentOutputInvalid,
+        errors.BudgetExceeded,
         errors.BackendTimeout,
         errors.BackendUnavailable,
         errors.ModelNotInstalled,

@@ -1,11 +1,12 @@
 """Mode ``auto``: the intent classifier decides, the collections confirm.
 
 Named collections mean grounded answers: rag, unless the message is a greeting. Otherwise
-chit_chat and generation → direct; operational → agent; clarification → direct, asked to
-put one short question back (only when the classifier is sure: a wrong "what do you
-mean?" costs more than an answer); knowledge → rag when, with ``search_workspace``, the
-collections the caller may read hold passages relevant to the question, direct
-otherwise. The decision is the stream's first event and a log line.
+chit_chat and generation → direct; clarification → direct, asked to put one short
+question back (only when the classifier is sure: a wrong "what do you mean?" costs more
+than an answer); knowledge and operational → rag when, with ``search_workspace``, the
+collections the caller may read hold passages relevant to the question (whatever the
+classifier's first guess), else direct for knowledge and agent for operational. The
+decision, with its reason in plain words, is the stream's first event and a log line.
 """
 
 from __future__ import annotations
@@ -71,10 +72,18 @@ class IntentRouting:
         if request.collections and intent != "chit_chat" and "rag" in available:
             # Collections named: the caller asked for grounded answers (a greeting aside).
             mode, reason, collections = "rag", "collections named", request.collections
+        elif (
+            intent in ("knowledge", "operational") and self.rag is not None and ("rag" in available)
+        ):
+            # Whatever the first guess, a question the caller's collections answer is
+            # answered from them: an agent would only look for the same passages, slowly.
+            mode, reason, collections = await self._knowledge(request, text)
+            if mode != "rag" and intent == "operational" and "agent" in available:
+                mode, reason = "agent", f"an operational task: the agent acts with tools ({reason})"
+            elif mode != "rag" and intent == "operational":
+                reason = f"an operational task, no agent available ({reason})"
         elif intent == "operational" and "agent" in available:
             mode, reason = "agent", "an operational task: the agent acts with tools"
-        elif intent == "knowledge" and self.rag is not None and "rag" in available:
-            mode, reason, collections = await self._knowledge(request, text)
         elif intent == "clarification" and unsure:
             reason = "perhaps vague, but not sure enough to ask back"
         elif intent == "clarification":
@@ -111,19 +120,24 @@ class IntentRouting:
         knowledge = self.rag.knowledge
         caller = request.principal or caller_of(request)
         if not self.settings.orchestration.router.search_workspace:
-            return "direct", "a question, no collections named", ()
+            return "direct", "no collections named, and searching them is off", ()
         if request.principal is not None and not request.principal.allows(Scope.KNOWLEDGE_READ):
-            return "direct", "a question; this key may not read the collections", ()
+            return (
+                "direct",
+                "the collections were not searched: this API key lacks the knowledge:read "
+                "scope (make a key with it to get answers from your documents)",
+                (),
+            )
         try:
             listed = await knowledge.list_collections(caller)
         except ConciliumError as exc:
             log.warning("route_collections_failed", error=exc.detail)
-            return "direct", "a question; the collections could not be listed", ()
+            return "direct", "the collections could not be listed", ()
         candidates = [c for c, stats in listed if stats.chunks > 0][:_MAX_COLLECTIONS]
         if not candidates:
-            return "direct", "a question; no collection holds documents", ()
+            return "direct", "no collection holds documents", ()
         hits = await self.rag.relevant(candidates, [text], {})
         if not hits:
-            return "direct", "a question the collections do not answer", ()
+            return "direct", "the collections hold nothing relevant", ()
         found = tuple(dict.fromkeys(h.collection_id for h in hits))
         return "rag", f"{len(hits)} relevant passages in {len(found)} collections", found

@@ -33,6 +33,7 @@ from concilium.auth.principal import Principal, Scope
 from concilium.chat.service import error_for
 from concilium.errors import InvalidRequest, ModelNotFound, PayloadTooLarge
 from concilium.events import (
+    ApprovalRequired,
     BackendSelected,
     Done,
     ErrorEvent,
@@ -341,6 +342,9 @@ async def _complete(events: AsyncIterator[Event], completion: _Completion) -> di
             sources = event
         elif isinstance(event, RouteChosen | Reformulated):
             shown[event.type] = event_to_dict(event)
+        elif isinstance(event, Thought | ToolCall | ToolResult | ApprovalRequired):
+            # The agent's steps: what it thought, called and observed.
+            shown.setdefault("steps", []).append(event_to_dict(event))
         elif isinstance(event, Done):
             finish = _finish_reason(event.finish_reason)
             if "consensus" in event.extra:
