@@ -97,15 +97,19 @@ async def test_tools_run_in_order_and_observations_go_back(
     write = fake.requests[-1]
     assert "response_format" not in write
     assert (
-        "The task: Which file is largest, and how much disk is free?"
+        "Task: Which file is largest, and how much disk is free?"
         in (write["messages"][-1]["content"])
     )
     answer = "".join(e.text for e in events if isinstance(e, Token))
     assert answer == "big.log is the largest file (5000 bytes); the disk has room."
     assert fake.requests[0]["response_format"]["type"] == "json_schema"
     schema = fake.requests[0]["response_format"]["json_schema"]["schema"]
-    assert "disk_usage" in schema["properties"]["action"]["enum"]
-    assert "shell" not in schema["properties"]["action"]["enum"]  # not enabled
+    actions = [shape["properties"]["action"]["const"] for shape in schema["anyOf"]]
+    assert "disk_usage" in actions
+    assert "shell" not in actions  # not enabled
+    # Each tool's arguments have that tool's own shape.
+    listing = schema["anyOf"][actions.index("list_files")]["properties"]["arguments"]
+    assert set(listing["properties"]) == {"path", "recursive"}
     done = events[-1]
     assert isinstance(done, Done)
     assert done.extra == {"steps": 3, "tools": ["disk_usage", "list_files"]}
@@ -276,7 +280,7 @@ async def test_the_final_answer_is_written_from_real_results_and_shows_no_step_m
     assert said == "There are 4 files.  The largest is a.log (900 bytes)."
     writer = fake.requests[-1]["messages"]
     assert writer[0]["role"] == "system"
-    assert "never invent a result" in writer[0]["content"]
+    assert "Never invent a fact" in writer[0]["content"]
     assert "a.log\t900" in writer[1]["content"]
     assert "<observation" not in writer[1]["content"]
 

@@ -83,7 +83,7 @@ def test_auto_routes_greetings_tasks_and_questions(live_server: LiveFactory) -> 
         task = _route(task_events)
         assert (task["mode"], task["intent"]) == ("agent", "operational")
         # The agent took over: its steps follow the route, not a plain answer.
-        assert {"thought", "tool_call"} & {kind for kind, _ in task_events}
+        assert {"thought", "tool_call"} & {kind for kind, _ in task_events}, task_events
 
         # The collections hold the answer: grounded, with sources, though none were named.
         grounded_events = _turn(client, "How many days do I have to return a Zephyr-9 grinder?")
