@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from concilium.orchestrator.citations import check_citations, cited_numbers
+import pytest
+
+from concilium.orchestrator.citations import CitationFixer, check_citations, cited_numbers
 
 PASSAGES = [
     "Les sauvegardes sont faites chaque nuit à 2 heures. Les copies sont gardées pendant 35 jours.",
@@ -59,3 +61,36 @@ def test_unrelated_or_empty_sentences_cite_nothing() -> None:
 
 def test_cited_numbers_reads_lists_and_ignores_out_of_range() -> None:
     assert cited_numbers("a [2] b [1, 3] c [2;9] d [x]", 3) == [2, 1, 3]
+
+
+@pytest.mark.parametrize(
+    ("chunks", "shown"),
+    [
+        # [2] exists but is about the café: the sentence is the backups' [1].
+        (["Les copies sont gardées ", "35 jours [2]."], "Les copies sont gardées 35 jours [1]."),
+        # [7] points nowhere; a lone marker after the full stop belongs to that sentence.
+        (["Les copies sont gardées 35 jours. [", "7]"], "Les copies sont gardées 35 jours. [1]"),
+        # Nothing supports the sentence: its marker goes.
+        (
+            ["Il pleut souvent à Brest [4]. Le café ", "ouvre à 7 heures [2]."],
+            "Il pleut souvent à Brest. Le café ouvre à 7 heures [2].",
+        ),
+        (
+            ["Bonjour !\n\nLa chaudière a été révisée le 12 mars 2024 [1, 3]."],
+            "Bonjour !\n\nLa chaudière a été révisée le 12 mars 2024 [3].",
+        ),
+        (
+            list("Le café ouvre à 7 heures [2]. Sans source."),
+            "Le café ouvre à 7 heures [2]. Sans source.",
+        ),
+    ],
+    ids=["wrong-source", "out-of-range-lone", "unsupported-dropped", "list", "char-by-char"],
+)
+def test_streamed_markers_are_rewritten_before_they_reach_the_user(
+    chunks: list[str], shown: str
+) -> None:
+    fixer = CitationFixer(PASSAGES)
+    text = "".join(fixer.feed(c) for c in chunks) + fixer.flush()
+    assert text == shown
+    # Whatever is left cites only sources that support it.
+    assert all(c.claimed == c.sources for c in check_citations(text, PASSAGES) if c.claimed)

@@ -364,6 +364,41 @@ def test_openai_rag_models_return_sources(kb: Any) -> None:
     assert missing.status_code == 404
 
 
+def test_citation_markers_that_point_nowhere_never_reach_the_user(kb: Any) -> None:
+    """The model cites [9] (no such source) and [2] (a source that says nothing of it):
+    the stream, the stored message and the OpenAI reply all show the supporting [n]."""
+    _, fake, client, collection = kb
+    fake.default = Behaviour(text="Chaque salarié a droit à 27 jours de congés payés. [9]")
+    body = {"content": "Combien de jours de congés payés ?", "collections": [collection["id"]]}
+    stored = _turn(client, **body, mode="rag")
+    sources = {s["n"]: s["source"] for s in stored["sources"]}
+    assert "[9]" not in stored["content"]
+    cited = int(stored["content"].rsplit("[", 1)[1].rstrip("]"))
+    assert sources[cited] == "conges.md"
+    conv = client.post("/api/conversations", json={}).json()
+    with connect_sse(
+        client,
+        "POST",
+        f"/api/conversations/{conv['id']}/messages",
+        json={**body, "mode": "rag", "stream": True},
+    ) as events:
+        streamed = "".join(
+            json.loads(e.data)["text"] for e in events.iter_sse() if e.event == "token"
+        )
+    assert streamed == stored["content"]
+    fake.default = Behaviour(text="27 jours par an [2].")
+    reply = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "rag:handbook",
+            "messages": [{"role": "user", "content": "Combien de jours de congés payés ?"}],
+        },
+    ).json()
+    content = reply["choices"][0]["message"]["content"]
+    number = int(content.rsplit("[", 1)[1].rstrip("].")) if "[" in content else None
+    assert number is None or reply["sources"][number - 1]["source"] == "conges.md", content
+
+
 # -- embeddings ----------------------------------------------------------------------------
 
 

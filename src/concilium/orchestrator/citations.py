@@ -4,8 +4,11 @@ Small models cite loosely: a number that is not among the sources, the wrong sou
 none at all. Each sentence of the answer is compared with the passages (content words
 and numbers); a citation counts only when its passage supports the sentence, and a
 sentence without a supported citation is attributed to the passage that supports it
-best, if one does. The answer text is left as written; the result says which sources
-back which sentences.
+best, if one does. The result says which sources back which sentences.
+
+``CitationFixer`` rewrites a streamed answer sentence by sentence so that no marker points
+nowhere: a number outside the sources, or one whose passage does not support its
+sentence, becomes the source that does (when one does) or goes.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["SentenceCitation", "check_citations", "cited_numbers"]
+__all__ = ["CitationFixer", "SentenceCitation", "check_citations", "cited_numbers"]
 
 _CITATION = re.compile(r"\[(\d{1,3}(?:\s*[,;]\s*\d{1,3})*)\]")
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+|\n+")
@@ -133,3 +136,79 @@ def check_citations(answer: str, passages: Sequence[str]) -> list[SentenceCitati
                 backed = (best + 1,)
         out.append(SentenceCitation(start, end, backed, claimed))
     return out
+
+
+def _backing(sentence: str, terms: Sequence[tuple[set[str], set[str]]]) -> tuple[int, ...]:
+    """The sources that back ``sentence``: its own valid, supporting citations, else the
+    one passage that supports it best (if any does)."""
+    own = _terms(sentence)
+    if not own[0] and not own[1]:
+        return ()
+    scores = [_support(own, t) for t in terms]
+    claimed = dict.fromkeys(_claims(sentence))
+    backed = tuple(n for n in claimed if 1 <= n <= len(terms) and scores[n - 1] >= SUPPORT)
+    if not backed and scores:
+        best = max(range(len(scores)), key=lambda i: scores[i])
+        if scores[best] >= SUPPORT:
+            backed = (best + 1,)
+    return backed
+
+
+def _rewrite(sentence: str, terms: Sequence[tuple[set[str], set[str]]]) -> str:
+    """``sentence`` with one marker naming the sources that back it, or none."""
+    markers = list(_CITATION.finditer(sentence))
+    if not markers:
+        return sentence
+    backed = _backing(sentence, terms)
+    if len(markers) == 1 and tuple(dict.fromkeys(_claims(sentence))) == backed:
+        return sentence
+    pieces: list[str] = []
+    last = 0
+    for i, marker in enumerate(markers):
+        before = sentence[last : marker.start()]
+        if i == 0 and backed:
+            pieces.append(before + "[" + ", ".join(str(n) for n in backed) + "]")
+        else:
+            pieces.append(before.rstrip(" "))  # the marker goes, with the space before it
+        last = marker.end()
+    pieces.append(sentence[last:])
+    return "".join(pieces)
+
+
+#: A sentence end, or a newline; what follows may still be a citation of that sentence.
+_BOUNDARY = re.compile(r"(?<=[.!?…])\s+|\n+")
+_PENDING_MARKER = re.compile(r"\s*\[[\d\s,;]*")
+_LONE_MARKER = re.compile(r"\[\d{1,3}(?:\s*[,;]\s*\d{1,3})*\]")
+
+
+class CitationFixer:
+    """Rewrites a streamed answer's citation markers sentence by sentence (see the module
+    docstring). A sentence is released once what follows it is known not to be its own
+    trailing citation, so text arrives a sentence at a time."""
+
+    def __init__(self, passages: Sequence[str]) -> None:
+        self.terms = [_terms(p) for p in passages]
+        self._held = ""
+
+    def feed(self, text: str) -> str:
+        self._held += text
+        out: list[str] = []
+        while (boundary := _BOUNDARY.search(self._held)) is not None:
+            after = self._held[boundary.end() :]
+            if not after or _PENDING_MARKER.fullmatch(after):
+                break  # unknown yet, or perhaps this sentence's own citation
+            lone = _LONE_MARKER.match(after)
+            if lone is not None:  # "… six mois. [2]": it cites the sentence before it
+                end = boundary.end() + lone.end()
+                out.append(_rewrite(self._held[:end], self.terms))
+                self._held = self._held[end:]
+            else:
+                out.append(_rewrite(self._held[: boundary.start()], self.terms))
+                out.append(boundary.group(0))
+                self._held = after
+        return "".join(out)
+
+    def flush(self) -> str:
+        """The last sentence, rewritten."""
+        held, self._held = self._held, ""
+        return _rewrite(held, self.terms)

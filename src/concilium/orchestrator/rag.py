@@ -18,15 +18,15 @@ import structlog
 
 from concilium.auth.principal import Principal, Scope
 from concilium.config import Settings
-from concilium.errors import InvalidRequest
-from concilium.events import Done, Event, Reformulated, Sources, Token, Usage
+from concilium.errors import ConciliumError, InvalidRequest
+from concilium.events import Done, ErrorEvent, Event, Reformulated, Sources, Token, Usage
 from concilium.knowledge.chunking import count_tokens
 from concilium.knowledge.language import detect_language
 from concilium.knowledge.retrieval import Hit
 from concilium.knowledge.service import KnowledgeService
 from concilium.llm.base import ChatMessage
 from concilium.llm.router import Router
-from concilium.orchestrator.citations import check_citations
+from concilium.orchestrator.citations import CitationFixer, check_citations
 from concilium.orchestrator.engine import AnswerRequest, PreparedAnswer
 from concilium.orchestrator.prompt import PromptBuilder, PromptParts
 from concilium.orchestrator.reformulate import Reformulator
@@ -187,27 +187,42 @@ class RagMode:
         messages = built.messages
         scope = "rag" if request.account is None else f"rag:{request.account.user_id}"
         text: list[str] = []
-        async for event in self.router.stream(
-            prepared.route,
-            messages,
-            request.params,
-            use_cache=request.use_cache,
-            cache_scope=scope,
-        ):
-            if isinstance(event, Token):
-                text.append(event.text)
-            elif isinstance(event, Done):
-                checked = check_citations("".join(text), [hit.text for hit in used])
-                cited = list(dict.fromkeys(n for c in checked for n in c.sources))
-                extra = {
-                    **event.extra,
-                    "grounded": True,
-                    "cited": cited,
-                    "citations": [c.to_dict() for c in checked],
-                    "context": built.report,
-                }
-                event = Done(event.finish_reason, extra)
-            yield event
+        # Markers that point nowhere (or to a passage that does not say it) never reach
+        # the user: each sentence goes out with the sources that back it.
+        fixer = CitationFixer([hit.text for hit in used])
+        try:
+            async for event in self.router.stream(
+                prepared.route,
+                messages,
+                request.params,
+                use_cache=request.use_cache,
+                cache_scope=scope,
+            ):
+                if isinstance(event, Token):
+                    fixed = fixer.feed(event.text)
+                    if not fixed:
+                        continue
+                    text.append(fixed)
+                    event = Token(fixed)
+                elif isinstance(event, Done | ErrorEvent) and (rest := fixer.flush()):
+                    text.append(rest)  # what was held back ends the text, error or not
+                    yield Token(rest)
+                if isinstance(event, Done):
+                    checked = check_citations("".join(text), [hit.text for hit in used])
+                    cited = list(dict.fromkeys(n for c in checked for n in c.sources))
+                    extra = {
+                        **event.extra,
+                        "grounded": True,
+                        "cited": cited,
+                        "citations": [c.to_dict() for c in checked],
+                        "context": built.report,
+                    }
+                    event = Done(event.finish_reason, extra)
+                yield event
+        except ConciliumError:
+            if rest := fixer.flush():
+                yield Token(rest)
+            raise
 
     def _fit(self, prepared: PreparedAnswer, hits: Sequence[Hit]) -> list[Hit]:
         """The best passages that fit: the configured budget, and the retrieved part's
