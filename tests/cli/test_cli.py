@@ -287,3 +287,64 @@ def test_serve_answers_and_shuts_down_gracefully(env: dict[str, str]) -> None:
     )
     assert all(entry.get("request_id") for entry in access)
     assert any(e["event"] == "services_stopped" for e in logs)  # the shutdown ran to its end
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            found.append((int(entry.name), command))
+    return found
+
+
+def test_ctrl_c_in_chat_stops_the_answer_not_the_engine(env: dict[str, str]) -> None:
+    """Ctrl-C from a terminal reaches the whole foreground process group: the answer
+    stops, the model engine does not (no reload, no traceback), and at the prompt Ctrl-C
+    quits cleanly."""
+    chat = subprocess.Popen(
+        [sys.executable, "-m", "concilium", "chat"],
+        env={**env, "CONCILIUM_CHAT__MAX_TOKENS": "400"},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # the group a terminal would signal
+    )
+    assert chat.stdin is not None
+    assert chat.stdout is not None
+    try:
+        chat.stdin.write(b"Tell me a very long story about a dragon and a knight.\n")
+        chat.stdin.flush()
+        seen = b""
+        deadline = time.monotonic() + 120
+        while b"dragon" not in seen.lower() and time.monotonic() < deadline:
+            ready, _, _ = select.select([chat.stdout], [], [], 1)
+            if ready:
+                seen += os.read(chat.stdout.fileno(), 4096)
+        engines = [p for p, command in _children(chat.pid) if "_engine" in command]
+        assert len(engines) == 1, _children(chat.pid)
+        os.killpg(chat.pid, signal.SIGINT)  # Ctrl-C during the answer
+        time.sleep(1)
+        assert Path(f"/proc/{engines[0]}").exists(), "the engine died with the Ctrl-C"
+        chat.stdin.write(b"Say hello.\n")
+        chat.stdin.flush()
+        time.sleep(2)
+        os.killpg(chat.pid, signal.SIGINT)  # Ctrl-C at the prompt (or during the answer)
+        time.sleep(1)
+        if chat.poll() is None:
+            os.killpg(chat.pid, signal.SIGINT)
+        _, err = chat.communicate(timeout=60)
+    finally:
+        if chat.poll() is None:
+            chat.kill()
+    text = err.decode()
+    assert "Fatal Python error" not in text, text
+    assert "Traceback" not in text, text
+    assert chat.returncode == 0, text
+    assert [p for p, _ in _children(chat.pid)] == []

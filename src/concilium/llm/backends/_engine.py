@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import signal
 import sys
 import threading
 from collections import OrderedDict
@@ -172,6 +173,9 @@ class _Engine:
 
 
 def main() -> None:
+    # Stopped by its owner (``shutdown``, or the end of stdin), never by a terminal's
+    # Ctrl-C meant for the command that started it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     options = json.loads(sys.argv[1])
     # The protocol owns the original stdout; anything native code prints goes to stderr.
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)

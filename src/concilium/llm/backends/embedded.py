@@ -79,6 +79,9 @@ class _EngineProcess:
             json.dumps(options),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            # Its own session: a terminal's Ctrl-C (SIGINT to the foreground group) is for
+            # the command, which cancels the answer; the engine is stopped by its owner.
+            start_new_session=True,
         )
         assert proc.stdout is not None
         try:
