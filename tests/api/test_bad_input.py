@@ -3,10 +3,12 @@ and nothing stored changes."""
 
 from __future__ import annotations
 
+import json
 import socket
 from typing import Any
 
 import pytest
+from websockets.sync.client import connect
 
 from tests.support.fake_llm_servers import FakeOpenAI
 from tests.support.live import Live
@@ -124,8 +126,31 @@ def test_content_longer_than_the_message_limit_is_rejected(
     ) as live:
         cid = live.http.post("/api/conversations", json={}).json()["id"]
         response = live.http.post(f"/api/conversations/{cid}/messages", json={"content": "x" * 101})
+        # The same limit on the OpenAI API, for any message of the list, and over WebSocket.
+        openai = live.http.post(
+            "/v1/chat/completions",
+            json={
+                "model": "m",
+                "messages": [
+                    {"role": "system", "content": "y" * 101},
+                    {"role": "user", "content": "hi"},
+                ],
+            },
+        )
+        with connect(
+            live.url.replace("http://", "ws://") + "/ws/chat",
+            open_timeout=5,
+            additional_headers={"Authorization": f"Bearer {live.admin_key}"},
+        ) as ws:
+            ws.send(json.dumps({"type": "message", "conversation_id": cid, "content": "z" * 101}))
+            frame = json.loads(ws.recv(timeout=10))
     assert response.status_code == 422
-    assert "100 characters" in response.json()["detail"]
+    assert "at most 100 are accepted" in response.json()["detail"]
+    assert openai.status_code == 400, openai.text  # the OpenAI convention for bad input
+    assert openai.json()["error"]["param"] == "messages[0].content"
+    assert "at most 100 are accepted" in openai.json()["error"]["message"]
+    assert frame["type"] == "error"
+    assert "at most 100 are accepted" in frame["message"]
 
 
 @pytest.mark.parametrize(

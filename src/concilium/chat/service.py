@@ -48,6 +48,7 @@ from concilium.orchestrator.engine import (
     AnswerRequest,
     Orchestrator,
     PreparedAnswer,
+    check_sizes,
 )
 from concilium.store import conversations as repo
 from concilium.store.db import Database
@@ -371,10 +372,7 @@ class ChatService:
         """Raise InvalidRequest for content no turn may carry (blank, too long)."""
         if not content.strip():
             raise InvalidRequest("content must not be empty")
-        if len(content) > self.settings.chat.max_message_chars:
-            raise InvalidRequest(
-                f"content is longer than {self.settings.chat.max_message_chars} characters"
-            )
+        check_sizes([ChatMessage("user", content)], self.settings.chat.max_message_chars)
 
     @staticmethod
     def _title_from(content: str) -> str:

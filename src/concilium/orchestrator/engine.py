@@ -39,6 +39,7 @@ __all__ = [
     "Mode",
     "Orchestrator",
     "PreparedAnswer",
+    "check_sizes",
     "expand_model_id",
     "expand_rag_model",
 ]
@@ -195,6 +196,18 @@ class AutoRouting(Protocol):
     ) -> tuple[AnswerRequest, RouteChosen]: ...
 
 
+def check_sizes(messages: Sequence[ChatMessage], limit: int) -> None:
+    """One limit on a message's length for every way in (HTTP, WebSocket, OpenAI, CLI)."""
+    for i, message in enumerate(messages):
+        size = len(message.content or "")
+        if size > limit:
+            raise InvalidRequest(
+                f"message {i + 1} has {size} characters; at most {limit} are accepted "
+                "(chat.max_message_chars)",
+                param=f"messages[{i}].content",
+            )
+
+
 class Orchestrator:
     def __init__(
         self,
@@ -231,6 +244,7 @@ class Orchestrator:
         ``context``: what the mode needs, already resolved (e.g. an agent run resuming)."""
         if not request.messages:
             raise InvalidRequest("messages must not be empty")
+        check_sizes(request.messages, self.router.settings.chat.max_message_chars)
         if request.mode not in MODES and request.mode not in self.modes:
             raise InvalidRequest(f"unknown mode {request.mode!r} (modes: {', '.join(MODES)})")
         request = expand_model_id(request)
