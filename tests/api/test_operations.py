@@ -25,6 +25,19 @@ def _metric(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
+def test_the_server_address_answers_and_every_link_it_gives_exists(
+    fake_live: tuple[Live, FakeOpenAI],
+) -> None:
+    live, _ = fake_live
+    index = live.anonymous.get("/")
+    assert index.status_code == 200
+    assert "no web page yet" in index.json()["message"]
+    for path in index.json()["links"].values():
+        method = "POST" if path.startswith("/api/auth") else "GET"
+        answer = live.http.request(method, path, json={} if method == "POST" else None)
+        assert answer.status_code not in (404, 405, 500), (path, answer.status_code)
+
+
 def test_liveness_and_readiness(fake_live: tuple[Live, FakeOpenAI]) -> None:
     live, _ = fake_live
     assert live.http.get("/health/live").json() == {"status": "ok"}

@@ -240,6 +240,8 @@ def test_serve_answers_and_shuts_down_gracefully(env: dict[str, str]) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
+    assert proc.stderr is not None
+    banner = proc.stderr.readline() + proc.stderr.readline()
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -270,17 +272,18 @@ def test_serve_answers_and_shuts_down_gracefully(env: dict[str, str]) -> None:
             url, json=body, timeout=60, headers={"Authorization": f"Bearer {token}"}
         )
         assert completion.status_code == 200
+        # Every address the start-up banner gives answers (none is a 404).
+        urls = re.findall(r"http://[\w.:]+(?:/[\w./-]*\w)?", banner)
+        assert len(urls) >= 2, banner
+        assert [u for u in urls if httpx.get(u).status_code == 404] == [], banner
         proc.send_signal(signal.SIGTERM)
         # uvicorn shuts down, then re-raises the signal so the exit status tells why
         assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
     finally:
         if proc.poll() is None:
             proc.kill()
-    logs = [
-        json.loads(line)
-        for line in proc.stderr.read().splitlines()  # type: ignore[union-attr]
-        if line.startswith("{")
-    ]
+    lines = proc.stderr.read().splitlines()  # type: ignore[union-attr]
+    logs = [json.loads(line) for line in lines if line.startswith("{")]
     access = [entry for entry in logs if entry.get("event") == "http_request"]
     assert any(
         entry["route"] == "/v1/chat/completions" and entry["status"] == 200 for entry in access

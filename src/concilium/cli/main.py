@@ -73,9 +73,12 @@ def serve(
     )
     settings = settings.model_copy(update={"server": server})
     configure_logging(settings.logging)
+    base = f"http://{server.host}:{server.port}"
     err.print(
-        f"Concilium {__version__} on http://{server.host}:{server.port} "
-        f"(default model: {settings.chat.default_model}, data: {settings.data_dir})"
+        f"Concilium {__version__} on {base} (default model: {settings.chat.default_model}, "
+        f"data: {settings.data_dir})\n"
+        f"  OpenAI-compatible API: {base}/v1 · API description: {base}/openapi.json "
+        "(with a key) · no web page yet"
     )
     uvicorn.run(
         create_app(settings),

@@ -1,10 +1,12 @@
-"""Liveness, readiness and Prometheus metrics. Unauthenticated by design."""
+"""The index, liveness, readiness and Prometheus metrics. Unauthenticated by design (the
+metrics aside)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from concilium import __version__
 from concilium.api.deps import ServicesDep, authenticate
 from concilium.api.schemas import problem_responses
 from concilium.auth.principal import Scope
@@ -13,6 +15,25 @@ from concilium.observability.health import readiness
 __all__ = ["router"]
 
 router = APIRouter(tags=["operations"])
+
+
+@router.get("/")
+@router.get("/v1", include_in_schema=False)  # the base URL OpenAI clients are given
+async def index() -> dict[str, object]:
+    """What answers here, for a person who opens the server's address (no web page yet)."""
+    return {
+        "name": "Concilium",
+        "version": __version__,
+        "message": "This is Concilium's API; it has no web page yet. Use an OpenAI client "
+        "with base URL <this address>/v1, or `concilium chat` in a terminal.",
+        "links": {
+            "openai": "/v1/models",
+            "api_description": "/openapi.json",
+            "setup": "/api/auth/setup",
+            "login": "/api/auth/login",
+            "health": "/health/ready",
+        },
+    }
 
 
 @router.get("/health/live")
