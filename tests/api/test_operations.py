@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -149,3 +150,21 @@ def test_first_backend_down_second_answers_and_metrics_show_the_open_breaker(
     assert _metric(metrics, "concilium_breaker_state", backend="second") == 0
     assert _metric(metrics, "concilium_fallbacks_total", model="chain") == 2
     assert third.calls == 0
+
+
+def test_v1_models_lists_what_can_answer_and_api_models_what_could(
+    live_server: Any, tmp_path: Path
+) -> None:
+    from concilium.llm import catalog
+
+    empty = tmp_path / "no-models"
+    with live_server(models_dir=empty) as live:
+        listed = {m["id"] for m in live.http.get("/v1/models").json()["data"]}
+        known = {m["id"]: m for m in live.http.get("/api/models").json()}
+    for entry in catalog.CATALOG.values():
+        answers = catalog.is_assembled(empty, entry) or catalog.packages_installed(entry)
+        assert (entry.name in listed) == answers, entry.name
+        assert known[entry.name]["installed"] == answers
+        expected = None if answers else f"concilium models pull {entry.name}"
+        assert known[entry.name]["install"] == expected
+    assert "smollm2-135m" in listed  # the test model's package is installed

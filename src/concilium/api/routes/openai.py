@@ -454,11 +454,13 @@ async def _with_tools(
 async def list_models(
     orchestrator: OrchestratorDep, principal: ChatPrincipal, services: ServicesDep
 ) -> ModelList:
-    """Models, ``agent`` (Concilium's agent), ``consensus:<profile>`` for each profile, then
+    """Models that can answer now (catalog models not installed are in ``/api/models``),
+    ``agent`` (Concilium's agent), ``consensus:<profile>`` for each profile, then
     ``rag:<collection>`` for each collection the caller may search."""
     seen: dict[str, ModelCard] = {}
     for info in await orchestrator.router.list_models():
-        seen.setdefault(info.id, ModelCard(id=info.id, owned_by=info.backend))
+        if info.installed:
+            seen.setdefault(info.id, ModelCard(id=info.id, owned_by=info.backend))
     seen.setdefault(AGENT_MODEL, ModelCard(id=AGENT_MODEL, owned_by="agent"))
     for profile in services.settings.orchestration.consensus:
         model = f"{CONSENSUS_MODEL}:{profile}"
