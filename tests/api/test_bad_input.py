@@ -299,3 +299,45 @@ def test_a_half_sent_request_does_not_hang_the_server(fake_live: tuple[Live, Fak
         )
     # the server still answers others
     assert live.http.get("/health/live").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "message", "param"),
+    [
+        (
+            b'{"model": "fake-model", "messages": [{"role": "user", "content": "hi"}',
+            "the body is not valid JSON",
+            None,
+        ),
+        (
+            b'{"model": "fake-model", "messages": [{"role": "user", "content": "a\\u0000b"}]}',
+            "messages[0].content: text must not contain NUL characters",
+            "messages[0].content",
+        ),
+        (
+            b'{"model": "fake-model", "messages": [{"role": "user"}, {"content": "x"}]}',
+            "messages[1].role: this field is required",
+            "messages[1].role",
+        ),
+    ],
+    ids=["malformed-json", "nul-character", "missing-field"],
+)
+def test_bad_input_is_explained_in_words_with_where(
+    fake_live: tuple[Live, FakeOpenAI], body: bytes, message: str, param: str | None
+) -> None:
+    live, _ = fake_live
+    headers = {"Content-Type": "application/json"}
+    openai = live.http.post("/v1/chat/completions", content=body, headers=headers)
+    error = openai.json()["error"]
+    assert error["message"].startswith(message), error
+    assert error["param"] == param
+    for text in (error["message"], str(error["param"])):
+        assert "function-after" not in text
+        assert "JSON decode error" not in text
+        assert not text.split(":")[0].strip().isdigit()  # not "67: …"
+    cid = live.http.post("/api/conversations", json={}).json()["id"]
+    turn = live.http.post(
+        f"/api/conversations/{cid}/messages", content=b'{"content": "x"', headers=headers
+    )
+    assert turn.status_code == 422
+    assert turn.json()["detail"].startswith("the body is not valid JSON")

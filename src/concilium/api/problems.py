@@ -4,6 +4,8 @@ OpenAI's error object under ``/v1``. No stack trace ever reaches a client."""
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -82,16 +84,42 @@ def problem_response(
 
 
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """Each problem with where it is (``messages[0].content``) and what is wrong, in words:
+    pydantic's validator names and type tags are not for people."""
     cleaned = []
     for err in exc.errors():
-        cleaned.append(
-            {
-                "loc": [str(p) for p in err.get("loc", ())],
-                "msg": str(err.get("msg", "")),
-                "type": str(err.get("type", "")),
-            }
-        )
+        kind = str(err.get("type", ""))
+        where = _where(err.get("loc", ()))
+        message = str(err.get("msg", "")).removeprefix("Value error, ")
+        if kind == "json_invalid":
+            error = (err.get("ctx") or {}).get("error", "")
+            position = next((p for p in err.get("loc", ()) if isinstance(p, int)), None)
+            at = f" at character {position}" if position is not None else ""
+            where, message = "", f"the body is not valid JSON ({error or 'malformed'}{at})"
+        elif kind == "missing":
+            message = "this field is required"
+        cleaned.append({"loc": where, "msg": message, "type": kind})
     return cleaned
+
+
+_TYPE_TAGS = re.compile(
+    r"^(str|int|float|bool|list|dict|set|tuple|none|bytes|literal|union|tagged-union|"
+    r"json-or-python|nullable|function-(after|before|plain|wrap)|model|lax-or-strict)\b|[\[(]"
+)
+
+
+def _where(loc: Sequence[Any]) -> str:
+    """A location as a person writes it: ``messages[0].content`` (the body itself, union
+    branches and validator names left out)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("body", "query", "path", "header", "cookie") and not out:
+            continue
+        elif isinstance(part, str) and not _TYPE_TAGS.search(part):
+            out += f".{part}" if out else part
+    return out
 
 
 async def concilium_error_response(request: Request, exc: Exception) -> JSONResponse:
@@ -112,10 +140,11 @@ async def concilium_error_response(request: Request, exc: Exception) -> JSONResp
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = _validation_errors(exc)
-    loc: list[str] = errors[0]["loc"] if errors else []
+    where: str = errors[0]["loc"] if errors else ""
     msg: str = errors[0]["msg"] if errors else "invalid request"
-    where = ".".join(p for p in loc if p != "body")
     detail = f"{where}: {msg}" if where else msg
+    if len(errors) > 1:
+        detail += f" (and {len(errors) - 1} more: see errors)"
     if _is_openai(request):
         return problem_response(
             request, 400, "invalid_request", "Invalid request", detail, param=where or None
