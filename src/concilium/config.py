@@ -221,9 +221,15 @@ class ChatSettings(_Section):
     default_model: str = Field(
         "qwen2.5-coder-1.5b", description="Model used when a request names none (alias 'default')."
     )
-    system_prompt: str = Field(
-        "You are Concilium, a helpful assistant. Answer in the language of the user.",
-        description="System prompt of new conversations.",
+    system_prompt: str | None = Field(
+        None,
+        description="System prompt of new conversations, in every language (unset: a "
+        "built-in one, in the user's language, saying what Concilium is and can do here).",
+    )
+    system_prompts: dict[str, str] = Field(
+        default_factory=dict,
+        description='System prompts by language of the user\'s message (e.g. {"fr": "…"}); '
+        "they win over system_prompt for that language.",
     )
     temperature: float = Field(0.7, ge=0, le=2, description="Temperature when a request sets none.")
     max_tokens: int = Field(1024, ge=1, description="Answer length limit when a request sets none.")

@@ -11,7 +11,7 @@ import httpx
 from httpx_sse import connect_sse
 
 from tests.support.fake_llm_servers import Behaviour, FakeOpenAI
-from tests.support.live import Live
+from tests.support.live import Live, remote_backend
 
 FAKE_TEXT = "Hello from the fake server."
 
@@ -137,6 +137,30 @@ def test_history_goes_to_the_model_with_the_system_prompt(
         {"role": "assistant", "content": FAKE_TEXT},
         {"role": "user", "content": "second question"},
     ]
+
+
+def test_the_default_system_prompt_says_who_answers_in_the_user_s_language(
+    fake_live: tuple[Live, FakeOpenAI], live_server: Any, fake_openai: tuple[FakeOpenAI, str]
+) -> None:
+    live, fake = fake_live
+    _post(live, _new(live)["id"], "Qui es-tu, et qui t'a créé ?")
+    french = fake.requests[-1]["messages"][0]
+    assert french["role"] == "system"
+    assert "Tu es Concilium" in french["content"]
+    assert "pas été créé par OpenAI" in french["content"]
+    _post(live, _new(live)["id"], "Who are you, and who made you?")
+    english = fake.requests[-1]["messages"][0]["content"]
+    assert "You are Concilium" in english
+    assert "not made by OpenAI" in english
+    assert "fake-model" in english  # the model that answers here
+    # Administrators set their own, per language or for all.
+    _, url = fake_openai
+    with live_server(
+        backends={"remote": remote_backend(url)},
+        chat={"default_model": "fake-model", "system_prompts": {"fr": "Tu es Hélène."}},
+    ) as other:
+        _post(other, _new(other)["id"], "Bonjour, qui es-tu ?")
+        assert fake.requests[-1]["messages"][0]["content"] == "Tu es Hélène."
 
 
 def test_editing_a_question_starts_a_branch_and_keeps_the_old_one(

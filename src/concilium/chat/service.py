@@ -21,6 +21,7 @@ from concilium import errors
 from concilium.auth.principal import Principal
 from concilium.auth.quotas import Account
 from concilium.auth.workspaces import Workspaces
+from concilium.chat.identity import system_prompt
 from concilium.config import Settings
 from concilium.errors import ConciliumError, Forbidden, InvalidRequest, NotFound
 from concilium.events import (
@@ -389,7 +390,8 @@ class ChatService:
     ) -> list[ChatMessage]:
         system = conversation.system_prompt
         if system is None:
-            system = self.settings.chat.system_prompt
+            first = next((m.content for m in history if m.role == "user"), user.content)
+            system = system_prompt(self.settings, first, conversation.model)
         prompt = [ChatMessage("system", system)] if system else []
         for m in history:
             if m.role in ("user", "assistant") and m.content:

@@ -167,6 +167,7 @@ async def _ask(
     mode: str = "auto",
     profile: str | None = None,
 ) -> int:
+    from concilium.chat.identity import system_prompt as default_prompt
     from concilium.events import (
         BackendSelected,
         Done,
@@ -183,8 +184,8 @@ async def _ask(
     from concilium.orchestrator.engine import AnswerRequest
     from concilium.services import running_services
 
-    system_prompt = settings.chat.system_prompt if system is None else system
-    messages = [ChatMessage("system", system_prompt)] if system_prompt else []
+    prompt = default_prompt(settings, text, model) if system is None else system
+    messages = [ChatMessage("system", prompt)] if prompt else []
     messages.append(ChatMessage("user", text))
     result: dict[str, Any] = {"model": model, "content": ""}
     async with running_services(settings) as services:

@@ -11,10 +11,11 @@ _MIN_LETTERS = 20
 _lock = threading.Lock()
 
 
-def detect_language(text: str) -> str | None:
-    """The most likely language, or None when the text is too short to tell."""
+def detect_language(text: str, min_letters: int = _MIN_LETTERS) -> str | None:
+    """The most likely language, or None when the text is too short to tell (fewer than
+    ``min_letters``: a chat question of a few words tells, a word or two does not)."""
     sample = text[:_SAMPLE]
-    if sum(ch.isalpha() for ch in sample) < _MIN_LETTERS:
+    if sum(ch.isalpha() for ch in sample) < min_letters:
         return None
     import py3langid  # loads its model on first use
 
