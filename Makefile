@@ -7,6 +7,9 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 UV := $(BIN)/uv
 DEFAULT_MODEL ?= qwen2.5-coder-1.5b
+# The default models folder of `concilium serve` (no CONCILIUM_DATA_DIR set): `make test`
+# uses it too, so the 1.1 GB default model is assembled once.
+MODELS_DIR ?= $(or $(XDG_DATA_HOME),$(HOME)/.local/share)/concilium/models
 PYTEST_ARGS ?=
 # uv installs into $(VENV) with the interpreter that made it and never downloads a Python.
 export UV_PROJECT_ENVIRONMENT := $(VENV)
@@ -56,8 +59,8 @@ test-deps:
 
 # The acceptance test of grounded answers runs the default model.
 test: install test-deps $(VENV)/.test-model services
-	$(BIN)/concilium models pull $(DEFAULT_MODEL) --models-dir .cache/models
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/concilium models pull $(DEFAULT_MODEL) --models-dir $(MODELS_DIR)
+	CONCILIUM_TEST_MODELS_DIR=$(MODELS_DIR) $(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
@@ -101,8 +104,8 @@ test-latest: $(VENV)/.installed test-deps services
 	@$(UV) pip freeze --quiet --python $(LATEST)/bin/python --exclude-editable > $(LATEST)/latest.txt
 	@echo "releases newer than the lock (< locked, > latest):"
 	@diff $(LATEST)/locked.txt $(LATEST)/latest.txt | grep '^[<>]' || echo "  none"
-	$(LATEST)/bin/concilium models pull $(DEFAULT_MODEL) --models-dir .cache/models
-	$(LATEST)/bin/pytest $(PYTEST_ARGS)
+	$(LATEST)/bin/concilium models pull $(DEFAULT_MODEL) --models-dir $(MODELS_DIR)
+	CONCILIUM_TEST_MODELS_DIR=$(MODELS_DIR) $(LATEST)/bin/pytest $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(LATEST) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -19,7 +19,14 @@ from tests.support.fake_llm_servers import FakeOllama, FakeOpenAI
 from tests.support.servers import serve_in_thread
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS_DIR = REPO / ".cache" / "models"
+#: Where ``make test`` (and ``make run``) assemble the models: the default models folder,
+#: so that the 1.1 GB default model is assembled once per machine.
+MODELS_DIR = Path(
+    os.environ.get("CONCILIUM_TEST_MODELS_DIR")
+    or Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    / "concilium"
+    / "models"
+)
 TEST_MODEL = "smollm2-135m"
 PG_DSN = os.environ.get("CONCILIUM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -28,7 +35,7 @@ PG_DSN = os.environ.get("CONCILIUM_TEST_POSTGRES", "postgresql://postgres@127.0.
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Settings come from the test, never from the developer's environment."""
     for name in list(os.environ):
-        if name.startswith("CONCILIUM_") and name != "CONCILIUM_TEST_POSTGRES":
+        if name.startswith("CONCILIUM_") and not name.startswith("CONCILIUM_TEST_"):
             monkeypatch.delenv(name)
 
 

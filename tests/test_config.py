@@ -161,3 +161,17 @@ def test_every_setting_has_a_description() -> None:
                     assert subfield.description, f"{name}.{sub} has no description"
             else:
                 assert field.description, f"{model.__name__}.{name} has no description"
+
+
+def test_the_tests_use_the_models_folder_the_server_uses_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`make run` and `make test` assemble the default model once, in one folder."""
+    from tests.conftest import MODELS_DIR
+
+    monkeypatch.delenv("CONCILIUM_DATA_DIR", raising=False)
+    monkeypatch.delenv("CONCILIUM_MODELS_DIR", raising=False)
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    assert "--models-dir $(MODELS_DIR)" in makefile
+    assert "MODELS_DIR ?= $(or $(XDG_DATA_HOME),$(HOME)/.local/share)/concilium/models" in makefile
+    assert Settings().resolved_models_dir == MODELS_DIR
