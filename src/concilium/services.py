@@ -16,6 +16,7 @@ import numpy as np
 import structlog
 
 from concilium.agents.executor import ToolExecutor, build_tools
+from concilium.agents.files import WorkspaceFiles
 from concilium.auth.audit import AuditLog
 from concilium.auth.quotas import UsageMeter
 from concilium.auth.ratelimit import RateLimiter
@@ -62,6 +63,7 @@ class Services:
     meter: UsageMeter
     knowledge: KnowledgeService
     tools: ToolExecutor
+    files: WorkspaceFiles
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -111,6 +113,9 @@ class Services:
             meter=meter,
             knowledge=knowledge,
             tools=tools,
+            files=WorkspaceFiles(
+                settings.workspaces_dir, workspaces, settings.knowledge.max_upload_bytes
+            ),
         )
 
     async def start(self, *, serving: bool = False) -> None:

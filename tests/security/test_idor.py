@@ -13,6 +13,7 @@ from tests.support.fake_llm_servers import FakeOpenAI
 from tests.support.live import Live, wait_for_job
 
 PUBLIC = {
+    ("GET", "/"),
     ("GET", "/health/live"),
     ("GET", "/health/ready"),
     ("POST", "/api/auth/setup"),
@@ -69,7 +70,9 @@ def world(fake_live: tuple[Live, FakeOpenAI]) -> dict[str, Any]:
     """Alice owns things; Bob is another ordinary user who tries to reach them."""
     live, _ = fake_live
     alice, alice_client = live.user(scopes=["chat"])
-    bob, bob_client = live.user(scopes=["chat", "metrics", "knowledge:read", "knowledge:write"])
+    bob, bob_client = live.user(
+        scopes=["chat", "metrics", "knowledge:read", "knowledge:write", "tools"]
+    )
     alice_session = live.client(live.tokens(alice["username"])["access_token"])
     conv = alice_client.post("/api/conversations", json={"title": "alice's secret"}).json()
     turn = alice_client.post(
@@ -86,6 +89,10 @@ def world(fake_live: tuple[Live, FakeOpenAI]) -> dict[str, Any]:
     assert wait_for_job(alice_session, job["id"])["status"] == "completed"
     [document] = alice_session.get(f"/api/collections/{collection['id']}/documents").json()["items"]
     approval = live.server.run(_paused_call(live, alice["id"], alice["personal_workspace_id"]))
+    stored = alice_session.put(
+        f"/api/workspaces/{shared['id']}/files/report.txt", content=b"alice secret file"
+    )
+    assert stored.status_code == 201, stored.text
     return {
         "live": live,
         "bob": bob_client,
@@ -102,6 +109,7 @@ def world(fake_live: tuple[Live, FakeOpenAI]) -> dict[str, Any]:
             "document_id": document["id"],
             "job_id": job["id"],
             "approval_id": approval,
+            "path": "report.txt",
         },
         "alice_personal": alice["personal_workspace_id"],
     }

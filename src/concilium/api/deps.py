@@ -30,6 +30,7 @@ __all__ = [
     "KnowledgeWriter",
     "OrchestratorDep",
     "ServicesDep",
+    "ToolsPrincipal",
     "authenticate",
     "client_ip",
     "owner",
@@ -125,3 +126,4 @@ AdminPrincipal = Annotated[Principal, Depends(_scoped(Scope.ADMIN))]
 MetricsPrincipal = Annotated[Principal, Depends(_scoped(Scope.METRICS))]
 KnowledgeReader = Annotated[Principal, Depends(_scoped(Scope.KNOWLEDGE_READ))]
 KnowledgeWriter = Annotated[Principal, Depends(_scoped(Scope.KNOWLEDGE_WRITE))]
+ToolsPrincipal = Annotated[Principal, Depends(_scoped(Scope.TOOLS))]

@@ -24,7 +24,10 @@ __all__ = ["EdgeMiddleware"]
 
 log = structlog.get_logger("concilium.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_UPLOAD_PATH = re.compile(r"^/api/collections/[0-9a-f]{32}/documents$")
+#: Uploads: documents (POST) and workspace files (PUT) take the larger upload limit.
+_UPLOAD_PATH = re.compile(
+    r"^(?:POST /api/collections/[0-9a-f]{32}/documents|PUT /api/workspaces/[0-9a-f]{32}/files/.+)$"
+)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -101,8 +104,8 @@ class EdgeMiddleware:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         limit = self.max_body_bytes
-        if scope.get("method") == "POST" and _UPLOAD_PATH.match(str(scope.get("path", ""))):
-            limit = self.max_upload_bytes  # document uploads: checked again per file
+        if _UPLOAD_PATH.match(f"{scope.get('method')} {scope.get('path', '')}"):
+            limit = self.max_upload_bytes  # uploads: checked again by their service
         declared = _header(scope, b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             await _send_problem(

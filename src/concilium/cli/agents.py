@@ -8,6 +8,7 @@ import sys
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from concilium.cli.common import ConfigOption, err, quiet_logs, settings_for
@@ -37,7 +38,7 @@ def tools_list(config: ConfigOption = None) -> None:
         table.add_row(
             item.name, item.risk.value, state if decision.allowed else "off", item.description
         )
-    err.print(table)
+    Console().print(table)  # the result, on stdout: `concilium tools list | grep shell`
 
 
 def agent(

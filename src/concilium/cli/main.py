@@ -729,6 +729,10 @@ def _register_knowledge() -> None:
     app.add_typer(agents.tools_app, name="tools")
     app.add_typer(agents.approvals_app, name="approvals")
 
+    from concilium.cli.files import files_app
+
+    app.add_typer(files_app, name="files")
+
 
 _register_knowledge()
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
+from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from concilium.api.deps import CurrentPrincipal, ServicesDep
+from concilium.agents.files import FileEntry
+from concilium.api.deps import ChatPrincipal, CurrentPrincipal, ServicesDep, ToolsPrincipal
 from concilium.api.routes.auth import Username
 from concilium.api.schemas import ID_PATTERN, SafeText, problem_responses
 from concilium.store.models import Workspace
@@ -128,4 +130,63 @@ async def remove_member(
 ) -> Response:
     """Remove a member (admins), or leave (anyone, for themselves)."""
     await services.workspaces.remove_member(principal, workspace_id, user_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# -- files ----------------------------------------------------------------------------------
+
+FilePath = Annotated[str, Path(min_length=1, max_length=1000, description="Path in the folder.")]
+
+
+class FileOut(BaseModel):
+    path: str
+    kind: Literal["file", "folder"]
+    size: int
+    modified: datetime
+
+
+def _file(entry: FileEntry) -> FileOut:
+    return FileOut(path=entry.path, kind=entry.kind, size=entry.size, modified=entry.modified)
+
+
+@router.get("/{workspace_id}/files")
+async def list_files(
+    workspace_id: WorkspaceId,
+    principal: ChatPrincipal,
+    services: ServicesDep,
+    path: Annotated[str, Query(max_length=1000, description="A folder of the workspace.")] = ".",
+) -> list[FileOut]:
+    """The files the agent's tools work on (viewers and above)."""
+    return [_file(e) for e in await services.files.list(principal, workspace_id, path)]
+
+
+@router.get("/{workspace_id}/files/{path:path}", response_class=FileResponse)
+async def download_file(
+    workspace_id: WorkspaceId, path: FilePath, principal: ChatPrincipal, services: ServicesDep
+) -> FileResponse:
+    """One file of the workspace, as it is."""
+    target = await services.files.read(principal, workspace_id, path)
+    return FileResponse(target, filename=target.name, media_type="application/octet-stream")
+
+
+@router.put("/{workspace_id}/files/{path:path}", status_code=status.HTTP_201_CREATED)
+async def upload_file(
+    workspace_id: WorkspaceId,
+    path: FilePath,
+    request: Request,
+    principal: ToolsPrincipal,
+    services: ServicesDep,
+) -> FileOut:
+    """Put a file into the workspace (the request body is its content; members and above,
+    an API key needs the tools scope). An existing file is replaced."""
+    data = await request.body()
+    return _file(await services.files.write(principal, workspace_id, path, data))
+
+
+@router.delete("/{workspace_id}/files/{path:path}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_file(
+    workspace_id: WorkspaceId, path: FilePath, principal: ToolsPrincipal, services: ServicesDep
+) -> Response:
+    """Delete a file or a folder of the workspace (members and above, tools scope)."""
+    await services.files.delete(principal, workspace_id, path)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
