@@ -351,3 +351,38 @@ def test_ctrl_c_in_chat_stops_the_answer_not_the_engine(env: dict[str, str]) -> 
     assert "Traceback" not in text, text
     assert chat.returncode == 0, text
     assert [p for p, _ in _children(chat.pid)] == []
+
+
+def test_cli_output_is_for_pipes_and_narrow_terminals(env: dict[str, str]) -> None:
+    tools = run(env, "tools", "list")
+    assert "calculator" in tools.stdout  # `concilium tools list | grep …` finds it
+    narrow = run({**env, "COLUMNS": "80"}, "models", "list")
+    for name in ("qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b", "smollm2-135m"):
+        assert name in narrow.stdout, narrow.stdout
+    wide = run({**env, "COLUMNS": "400"}, "--help")
+    ask = next(line for line in wide.stdout.splitlines() if "│ ask " in line)
+    assert "goes to stderr." in ask  # one paragraph, not the docstring's own line breaks
+
+
+def test_ask_says_how_to_avoid_loading_the_model_when_a_server_runs(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    data = Path(env["CONCILIUM_DATA_DIR"])
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "server.json").write_text(
+        json.dumps({"url": "http://127.0.0.1:8321", "pid": os.getpid()})
+    )
+    asked = run(env, "ask", "Say hi.", "--max-tokens", "4", stdin="")
+    assert asked.returncode == 0, asked.stderr
+    assert "A server already serves this data dir at http://127.0.0.1:8321" in " ".join(
+        asked.stderr.split()
+    )
+
+
+def test_conversations_of_concilium_chat_are_listed_for_resuming(env: dict[str, str]) -> None:
+    chat = run(env, "chat", stdin="Hello\n/exit\n")
+    made = re.findall(r"conversation ([0-9a-f]{32})", chat.stdout)
+    assert made, chat.stdout
+    listed = run(env, "conversations", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert made[0] in listed.stdout

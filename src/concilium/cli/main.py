@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,6 +32,8 @@ app = typer.Typer(
     help="Concilium: self-hosted, offline-first AI orchestrator.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Docstrings are wrapped at 100 columns in the code: paragraphs, not lines, in help.
+    rich_markup_mode="markdown",
 )
 models_app = typer.Typer(help="The offline model catalog.", no_args_is_help=True)
 config_app = typer.Typer(help="Effective configuration.", no_args_is_help=True)
@@ -80,17 +83,38 @@ def serve(
         f"  OpenAI-compatible API: {base}/v1 · API description: {base}/openapi.json "
         "(with a key) · no web page yet"
     )
-    uvicorn.run(
-        create_app(settings),
-        host=server.host,
-        port=server.port,
-        log_config=None,
-        access_log=False,
-        ws_max_size=server.max_body_bytes,
-        timeout_graceful_shutdown=max(1, math.ceil(server.graceful_shutdown_seconds)),
-        h11_max_incomplete_event_size=64 * 1024,
-        proxy_headers=False,  # the app applies server.trusted_proxies itself
-    )
+    marker = _server_marker(settings)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"url": base, "pid": os.getpid()}))
+    try:
+        uvicorn.run(
+            create_app(settings),
+            host=server.host,
+            port=server.port,
+            log_config=None,
+            access_log=False,
+            ws_max_size=server.max_body_bytes,
+            timeout_graceful_shutdown=max(1, math.ceil(server.graceful_shutdown_seconds)),
+            h11_max_incomplete_event_size=64 * 1024,
+            proxy_headers=False,  # the app applies server.trusted_proxies itself
+        )
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def _server_marker(settings: Settings) -> Path:
+    """Written by `concilium serve` while it runs: where it answers, for the other commands."""
+    return settings.data_dir / "server.json"
+
+
+def _running_server(settings: Settings) -> str | None:
+    """The URL of a `concilium serve` running on this data dir, if one is."""
+    try:
+        marker = json.loads(_server_marker(settings).read_text())
+        os.kill(int(marker["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return str(marker["url"])
 
 
 # -- ask / chat -------------------------------------------------------------------------
@@ -140,6 +164,13 @@ def ask(
         raise typer.Exit(2)
     settings = _settings(config)
     _quiet_logs(settings)
+    running = _running_server(settings)
+    if running is not None and not as_json:
+        err.print(
+            f"[dim]A server already serves this data dir at {running}: `concilium ask` loads the "
+            f"model again each time. For several questions use `concilium chat` (one load), "
+            f"or ask the server over its API ({running}/v1, with an API key).[/]"
+        )
     code = asyncio.run(
         _ask(
             settings,
@@ -276,6 +307,50 @@ async def _account(services: Any, username: str) -> Any:
     return Account(found.id, found.personal_workspace_id)
 
 
+conversations_app = typer.Typer(
+    help="Conversations kept by `concilium chat` (and, with --user, a user's).",
+    no_args_is_help=True,
+)
+app.add_typer(conversations_app, name="conversations")
+
+
+@conversations_app.command("list")
+def conversations_list(
+    user: Annotated[
+        str | None,
+        typer.Option(help="A user's (default: the operator's, made by `concilium chat`)."),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
+    config: ConfigOption = None,
+) -> None:
+    """Newest first, with the id `concilium chat --conversation ID` resumes."""
+    settings = _settings(config)
+    _quiet_logs(settings)
+
+    async def listed() -> Any:
+        from concilium.services import running_services
+
+        async with running_services(settings) as services:
+            who = await _account(services, user) if user else None
+            found, _ = await services.chat.list_conversations(who, limit=limit, offset=0)
+            return found
+
+    try:
+        found = asyncio.run(listed())
+    except ConciliumError as exc:
+        err.print(f"[red]{exc.detail}[/]")
+        raise typer.Exit(1) from exc
+    table = Table("id", "title", "model", "updated")
+    for conversation in found:
+        table.add_row(
+            conversation.id,
+            conversation.title or "",
+            conversation.model or "default",
+            conversation.updated_at.strftime("%Y-%m-%d %H:%M"),
+        )
+    Console().print(table)
+
+
 _CHAT_HELP = (
     "/new  new conversation · /model NAME  switch model · /mode NAME  auto, direct, rag, "
     "agent, consensus · /retry  answer again · /exit"
@@ -391,8 +466,11 @@ def models_list(config: ConfigOption = None) -> None:
     settings = _settings(config)
     models_dir = settings.resolved_models_dir
     table = Table(title=f"Models ({models_dir})")
-    for column in ("name", "size", "installed", "languages", "description"):
-        table.add_column(column)
+    longest = max(len(name) for name in catalog.CATALOG)
+    table.add_column("name", no_wrap=True, min_width=longest)  # a name is typed: never cut
+    for column in ("size", "installed", "languages"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("description", ratio=1)
     for entry in catalog.CATALOG.values():
         if catalog.is_assembled(models_dir, entry):
             state = "[green]yes[/]"
