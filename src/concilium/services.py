@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import structlog
@@ -24,6 +25,14 @@ from concilium.auth.service import AuthService
 from concilium.auth.workspaces import Workspaces
 from concilium.chat.service import ChatService
 from concilium.config import Settings
+from concilium.jobs import (
+    DatabaseQueue,
+    JobContext,
+    ProcessRegistry,
+    Schedule,
+    Scheduler,
+    Worker,
+)
 from concilium.knowledge.embedders import EmbedderRegistry
 from concilium.knowledge.rerank import RerankerRegistry
 from concilium.knowledge.service import KnowledgeService
@@ -64,6 +73,10 @@ class Services:
     knowledge: KnowledgeService
     tools: ToolExecutor
     files: WorkspaceFiles
+    process: ProcessRegistry
+    queue: DatabaseQueue
+    worker: Worker
+    scheduler: Scheduler
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -73,6 +86,11 @@ class Services:
             pool_size=settings.database.pool_size,
         )
         metrics = Metrics()
+        process = ProcessRegistry(db, "cli")
+        queue = DatabaseQueue(db)
+        worker = Worker(queue, process.id)
+        scheduler = Scheduler(db, queue, process.id)
+        _housekeeping(queue, worker, scheduler)
         backends = build_backends(settings)
         cache = ResponseCache(settings.cache, db, metrics)
         router = Router(settings, backends, cache, metrics)
@@ -81,7 +99,13 @@ class Services:
         audit = AuditLog(settings, db)
         workspaces = Workspaces(db, audit)
         knowledge = KnowledgeService(
-            settings, db, workspaces, EmbedderRegistry(settings), RerankerRegistry(settings, router)
+            settings,
+            db,
+            workspaces,
+            EmbedderRegistry(settings),
+            RerankerRegistry(settings, router),
+            queue=queue,
+            worker=worker,
         )
         rag = RagMode(settings, router, knowledge, prompts=orchestrator.prompts)
         orchestrator.register_mode(rag)
@@ -105,7 +129,7 @@ class Services:
             cache=cache,
             router=router,
             orchestrator=orchestrator,
-            chat=ChatService(settings, db, orchestrator, metrics, workspaces),
+            chat=ChatService(settings, db, orchestrator, metrics, workspaces, process),
             audit=audit,
             auth=AuthService(settings, db, audit),
             workspaces=workspaces,
@@ -116,6 +140,10 @@ class Services:
             files=WorkspaceFiles(
                 settings.workspaces_dir, workspaces, settings.knowledge.max_upload_bytes
             ),
+            process=process,
+            queue=queue,
+            worker=worker,
+            scheduler=scheduler,
         )
 
     async def start(self, *, serving: bool = False) -> None:
@@ -125,14 +153,18 @@ class Services:
         self.db.prepare()
         if self.settings.database.auto_migrate:
             await upgrade(self.db)
+        self.process.role = "server" if serving else "cli"
+        await self.process.start()
         if self.settings.agents.mcp_servers:
             await self.tools.connect_mcp(self.settings.agents.mcp_servers)
         recovered = await self.chat.recover()
         if recovered:
             log.warning("interrupted_answers_recovered", count=recovered)
+        await self.knowledge.start()
         if not serving:
-            return
-        self.knowledge.start()
+            return  # a command runs its own jobs (``concilium ingest``), no one else's
+        self.worker.start()
+        self.scheduler.start()
         _ = self.auth.keys  # load (or create) the signing keys now, not on a request
         if not await self.auth.has_users():
             token = await self.auth.issue_setup_token()
@@ -145,8 +177,11 @@ class Services:
             )
 
     async def stop(self) -> None:
+        await self.scheduler.stop()
+        await self.worker.stop()
         await self.chat.shutdown(self.settings.server.graceful_shutdown_seconds)
         await self.knowledge.stop()
+        await self.process.stop()
         await self.tools.close()
         for backend in self.backends.values():
             try:
@@ -155,6 +190,16 @@ class Services:
                 log.exception("backend_close_failed", backend=backend.name)
         await self.db.dispose()
         log.info("services_stopped")
+
+
+def _housekeeping(queue: DatabaseQueue, worker: Worker, scheduler: Scheduler) -> None:
+    """Finished jobs are kept a week (the dead letter too), then forgotten, hourly."""
+
+    async def prune(context: JobContext) -> None:
+        context.report(pruned=await queue.prune(timedelta(days=7)))
+
+    worker.register("jobs.prune", prune)
+    scheduler.add(Schedule("jobs.prune", 3600, "jobs.prune"))
 
 
 def _vectoriser(knowledge: KnowledgeService, embedder: str) -> Vectorise:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 
@@ -9,9 +10,10 @@ import pytest
 from sqlalchemy import func, select
 
 from concilium.errors import Conflict, InvalidRequest, NotFound
+from concilium.knowledge.index.manager import IndexManager
 from concilium.knowledge.search import Filters
 from concilium.knowledge.service import Upload
-from concilium.store.models import ChunkRecord, DocumentVersion, IndexOp
+from concilium.store.models import ChunkRecord, Collection, DocumentVersion, IndexOp
 from tests.knowledge.conftest import Knowledge
 from tests.support.documents import write_mixed_folder
 
@@ -136,6 +138,29 @@ async def test_indexes_rebuild_from_the_database(knowledge: Knowledge):
     after = await knowledge.service.search(None, "tiroir 91", [cid])
     assert [h.chunk_id for h in after] == [h.chunk_id for h in before]
     assert "tiroir 91" in after[0].text
+
+
+async def test_processes_sharing_the_index_directory_take_turns(knowledge: Knowledge):
+    """The server and ``concilium ingest`` (or a worker) on one data dir each keep the
+    indexes in step: their catch-ups never hold two tantivy writers at once."""
+    cid = await knowledge.collection()
+    texts = [f"Note {i}: le carton {i} contient les cables du bureau {i % 5}." for i in range(40)]
+    job = await knowledge.service.ingest(
+        None, cid, [Upload(f"n{i}.txt", t.encode()) for i, t in enumerate(texts)]
+    )
+    await knowledge.run(job.id)
+    shutil.rmtree(knowledge.settings.data_dir / "indexes")
+    others = [
+        IndexManager(
+            knowledge.settings.data_dir / "indexes", knowledge.db, knowledge.service.embedders.dim
+        )
+        for _ in range(3)
+    ]
+    async with knowledge.db.reader() as s:
+        collection = await s.get(Collection, cid)
+    assert collection is not None
+    caught_up = await asyncio.gather(*(manager.current(collection) for manager in others))
+    assert {index.lexical.count for index in caught_up} == {len(texts)}
 
 
 async def test_embedder_change_reembeds_then_switches(knowledge: Knowledge):

@@ -141,10 +141,22 @@ async def test_interrupted_generations_become_incomplete_and_keep_text(database:
             content="partial",
             parent_id=q.id,
             status=MessageStatus.GENERATING,
+            owner_id="dead",
+        )
+        # Another process writes this one and still beats: it is not interrupted.
+        b = await repo.add_message(
+            s,
+            conv,
+            role="assistant",
+            content="",
+            parent_id=q.id,
+            status=MessageStatus.GENERATING,
+            owner_id="alive",
         )
     async with database.session() as s:
-        assert await repo.recover_interrupted(s) == 1
+        assert await repo.recover_interrupted(s, {"alive"}) == 1
     async with database.session() as s:
+        assert (await repo.get_message(s, conv.id, b.id)).status == MessageStatus.GENERATING
         stored = await repo.get_message(s, conv.id, a.id)
     assert (stored.status, stored.content, stored.finish_reason) == (
         MessageStatus.INCOMPLETE,

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import structlog
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from concilium import errors
@@ -42,6 +43,7 @@ from concilium.events import (
     WorkerProgress,
     event_to_dict,
 )
+from concilium.jobs.processes import ProcessRegistry
 from concilium.llm.base import ChatMessage, GenerationParams
 from concilium.observability.metrics import Metrics
 from concilium.orchestrator.engine import (
@@ -67,6 +69,7 @@ __all__ = ["ChatService", "Generation", "TurnOptions", "error_for"]
 
 log = structlog.get_logger(__name__)
 _TITLE_CHARS = 80
+_CANCEL_POLL = 0.5  # seconds between looks for cancellations asked by other processes
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,13 +147,18 @@ class ChatService:
         orchestrator: Orchestrator,
         metrics: Metrics,
         workspaces: Workspaces,
+        process: ProcessRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
         self.orchestrator = orchestrator
         self.metrics = metrics
         self.workspaces = workspaces
+        #: This process: it owns the answers it writes, and another process's recovery
+        #: leaves them alone while its heartbeat lives.
+        self.process = process or ProcessRegistry(db, "cli")
         self._live: dict[str, Generation] = {}
+        self._watcher: asyncio.Task[None] | None = None
 
     # -- access ---------------------------------------------------------------------------
 
@@ -338,14 +346,28 @@ class ChatService:
         return self._launch(*pending)
 
     async def cancel(self, owner: Account | None, conversation_id: str, message_id: str) -> bool:
-        """True when the answer is live and now stopping (also when it already was)."""
+        """True when the answer is live and now stopping (also when it already was). An
+        answer another process writes is asked to stop through the database: its owner
+        looks every ``_CANCEL_POLL`` seconds."""
         async with self.db.reader() as s:
             await self._owned(s, owner, conversation_id, write=True)
         generation = self._live.get(message_id)
-        if generation is None or generation.conversation_id != conversation_id:
-            return False
-        generation.cancel("cancelled")
-        return True
+        if generation is not None and generation.conversation_id == conversation_id:
+            generation.cancel("cancelled")
+            return True
+        async with self.db.session() as s:
+            asked = await s.execute(
+                update(Message)
+                .where(
+                    Message.id == message_id,
+                    Message.conversation_id == conversation_id,
+                    Message.status == MessageStatus.GENERATING,
+                    Message.owner_id.is_not(None),
+                    Message.owner_id != self.process.id,
+                )
+                .values(cancel_requested=True)
+            )
+        return bool(asked.rowcount)  # type: ignore[attr-defined]
 
     async def message(
         self, owner: Account | None, conversation_id: str, message_id: str
@@ -364,8 +386,33 @@ class ChatService:
             await asyncio.wait(tasks, timeout=timeout)
 
     async def recover(self) -> int:
+        """Answers whose writing process died become incomplete (keeping their text)."""
+        alive = await self.process.alive()
         async with self.db.session() as s:
-            return await repo.recover_interrupted(s)
+            return await repo.recover_interrupted(s, alive)
+
+    async def _watch_cancels(self) -> None:
+        """While this process writes answers: stop those another process asked to stop."""
+        while self._live:
+            await asyncio.sleep(_CANCEL_POLL)
+            live = list(self._live)
+            try:
+                async with self.db.reader() as s:
+                    asked = (
+                        await s.scalars(
+                            select(Message.id).where(
+                                Message.id.in_(live), Message.cancel_requested.is_(True)
+                            )
+                        )
+                    ).all()
+            except Exception:
+                log.warning("cancel_watch_failed", exc_info=True)
+                continue
+            for message_id in asked:
+                generation = self._live.get(message_id)
+                if generation is not None:
+                    generation.cancel("cancelled")
+        self._watcher = None
 
     # -- internals ----------------------------------------------------------------------
 
@@ -436,6 +483,7 @@ class ChatService:
             content="",
             parent_id=user.id,
             status=MessageStatus.GENERATING,
+            owner_id=self.process.id,
             model=model,
             params=_params_record(options.params),
         )
@@ -454,6 +502,7 @@ class ChatService:
             if message.status == MessageStatus.GENERATING or message_id in self._live:
                 raise errors.Conflict(f"message {message_id} is being generated")
             message.status = MessageStatus.GENERATING
+            message.owner_id, message.cancel_requested = self.process.id, False
             steps = list(message.steps or [])
             conversation_id = message.conversation_id
         generation = Generation(conversation_id, message_id)
@@ -490,9 +539,12 @@ class ChatService:
     ) -> Generation:
         """Start generating; called once the turn's rows are committed."""
         self._live[generation.message_id] = generation
-        generation.task = asyncio.get_running_loop().create_task(
+        loop = asyncio.get_running_loop()
+        generation.task = loop.create_task(
             self._run(generation, prepared, steps), name=f"generation-{generation.message_id}"
         )
+        if self._watcher is None:
+            self._watcher = loop.create_task(self._watch_cancels(), name="cancel-watch")
         return generation
 
     async def _run(

@@ -136,7 +136,7 @@ def ingest(
         for unfinished in reversed(await knowledge.jobs(None, target.id)):
             if unfinished.status in ("queued", "running"):
                 err.print(f"resuming job {unfinished.id}")
-                await knowledge.runner.run_job(unfinished.id)
+                await knowledge.run_here(unfinished.id)
         job = await knowledge.ingest_paths(None, target.id, paths, tags=tag or [])
         with Progress(
             "[progress.description]{task.description}",
@@ -149,7 +149,7 @@ def ingest(
             total = (await knowledge.job(None, job.id)).progress.total
             parsed = progress.add_task("parsed", total=total)
             indexed = progress.add_task("indexed", total=total)
-            runner = asyncio.create_task(knowledge.runner.run_job(job.id))
+            runner = asyncio.create_task(knowledge.run_here(job.id))
             while True:
                 done = runner.done()
                 report = await knowledge.job(None, job.id)

@@ -153,7 +153,7 @@ async def evaluate(
                 for doc_id, (title, text) in dataset.corpus.items()
             ]
             job = await knowledge.ingest(None, collection.id, uploads)
-            await knowledge.runner.run_job(job.id)
+            await knowledge.run_here(job.id)
             report = await knowledge.job(None, job.id)
             ingest_seconds = time.perf_counter() - started
             # Empty corpus entries fail ("nothing to index") and simply cannot be found.

@@ -1,8 +1,9 @@
-"""Ingestion jobs: resumable, persisted in the database, run by an in-process worker.
+"""Ingestion jobs: resumable, persisted in the database, run as ``knowledge.ingest`` jobs of
+the shared queue (``concilium.jobs``) by whichever process's worker claims them.
 
 Every step commits what it finished together with the item's new status, so a crash
-(even ``kill -9``) loses nothing and duplicates nothing: on restart each item resumes
-from its last committed stage.
+(even ``kill -9``) loses nothing and duplicates nothing: the next claim (after the dead
+worker's lease) resumes each item from its last committed stage.
 
 - ``queued`` → parse (in a process pool, with a time limit) and chunk; one transaction
   stores the document version, its chunks and the status ``chunked`` — or ``skipped``
@@ -31,6 +32,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from concilium.config import Settings
+from concilium.jobs import JobContext
 from concilium.knowledge.chunking import Chunk, chunk_document, indexed_text
 from concilium.knowledge.embedders import EmbedderRegistry
 from concilium.knowledge.files import FileStore
@@ -51,9 +53,12 @@ from concilium.store.models import (
     utcnow,
 )
 
-__all__ = ["IngestRunner", "Progress", "content_hash"]
+__all__ = ["INGEST_JOB", "IngestRunner", "Progress", "content_hash"]
 
 log = structlog.get_logger(__name__)
+
+#: The queue's job kind for an ingestion (or re-embedding) job; its payload names it.
+INGEST_JOB = "knowledge.ingest"
 
 _PARSE_BATCH = 8
 _ACTIVATE_BATCH = 100
@@ -140,8 +145,6 @@ class IngestRunner:
         self.embedders = embedders
         self.indexes = indexes
         self.files = files
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         #: The job's writers take turns: under SQLite, concurrent write transactions only
         #: wait on each other through the busy handler's sleeps.
@@ -149,20 +152,19 @@ class IngestRunner:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop(), name="ingest")
-
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
         self._shutdown_pool()
 
-    def notify(self) -> None:
-        self._wake.set()
+    async def handle(self, context: JobContext) -> None:
+        """The queue's ``knowledge.ingest`` handler. A crash ends the ingestion job as
+        failed (its files keep their own state; retrying them is the user's call); a
+        worker that dies mid-job leaves it to the next claim, which resumes it."""
+        job_id = str(context.job.payload["ingest_job_id"])
+        try:
+            await self.run_job(job_id)
+        except Exception as exc:
+            log.exception("ingest_job_crashed", job_id=job_id)
+            await self._finish(job_id, "failed", f"{type(exc).__name__}: {exc}")
 
     def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._pool is None:
@@ -179,32 +181,6 @@ class IngestRunner:
             for process in list(getattr(pool, "_processes", {}).values()):
                 process.kill()  # a parser stuck on a hostile file does not get to finish
             pool.shutdown(wait=False, cancel_futures=True)
-
-    async def _loop(self) -> None:
-        while True:
-            job_id = await self._next_job()
-            if job_id is None:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(5):
-                        await self._wake.wait()
-                continue
-            try:
-                await self.run_job(job_id)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.exception("ingest_job_crashed", job_id=job_id)
-                await self._finish(job_id, "failed", f"{type(exc).__name__}: {exc}")
-
-    async def _next_job(self) -> str | None:
-        async with self.db.reader() as s:
-            return await s.scalar(
-                select(IngestJob.id)
-                .where(IngestJob.status.in_(("queued", "running")))
-                .order_by(IngestJob.created_at)
-                .limit(1)
-            )
 
     # -- one job --------------------------------------------------------------------------
 

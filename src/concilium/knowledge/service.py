@@ -8,6 +8,7 @@ get 404, as for the workspace itself. ``principal=None`` is the local operator (
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -23,10 +24,11 @@ from concilium.auth.principal import Principal
 from concilium.auth.workspaces import Workspaces
 from concilium.config import Settings
 from concilium.errors import Conflict, InvalidRequest, NotFound
+from concilium.jobs import DatabaseQueue, JobQueue, JobStatus, Worker
 from concilium.knowledge.embedders import EmbedderRegistry
 from concilium.knowledge.files import FileStore
 from concilium.knowledge.index.manager import IndexManager
-from concilium.knowledge.jobs import IngestRunner, Progress
+from concilium.knowledge.jobs import INGEST_JOB, IngestRunner, Progress
 from concilium.knowledge.rerank import RerankerRegistry
 from concilium.knowledge.retrieval import Hit, Retriever
 from concilium.knowledge.search import Filters
@@ -42,6 +44,7 @@ from concilium.store.models import (
     IngestJob,
     Role,
     Workspace,
+    new_id,
     utcnow,
 )
 
@@ -89,6 +92,9 @@ class KnowledgeService:
         workspaces: Workspaces,
         embedders: EmbedderRegistry,
         rerankers: RerankerRegistry,
+        *,
+        queue: JobQueue | None = None,
+        worker: Worker | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -99,15 +105,55 @@ class KnowledgeService:
         self.indexes = IndexManager(settings.data_dir / "indexes", db, embedders.dim)
         self.runner = IngestRunner(settings, db, embedders, self.indexes, self.files)
         self.retriever = Retriever(db, embedders, self.indexes, rerankers)
+        #: Ingestion runs as ``knowledge.ingest`` jobs on the shared queue, in whichever
+        #: process's worker claims them (the server's, or ``concilium ingest``'s own).
+        self.queue = queue or DatabaseQueue(db)
+        self.worker = worker or Worker(self.queue, new_id())
+        self.worker.register(INGEST_JOB, self.runner.handle)
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Run the ingestion worker; unfinished jobs resume where they stopped."""
-        self.runner.start()
+    async def start(self) -> None:
+        """Unfinished ingestion jobs without a queued job (queued by a process that died
+        before enqueueing, or before the queue existed) are put on the queue."""
+        async with self.db.reader() as s:
+            unfinished = (
+                await s.scalars(
+                    select(IngestJob.id).where(IngestJob.status.in_(("queued", "running")))
+                )
+            ).all()
+        for job_id in unfinished:
+            await self.queue.enqueue(INGEST_JOB, {"ingest_job_id": job_id}, key=_key(job_id))
 
     async def stop(self) -> None:
         await self.runner.stop()
+
+    async def _enqueue(self, job_id: str) -> None:
+        key = _key(job_id)
+        if await self.queue.enqueue(INGEST_JOB, {"ingest_job_id": job_id}, key=key) is None:
+            queued = await self.queue.find(key)  # the job grew again (a retry): once more
+            if queued is not None:
+                await self.queue.retry(queued.id)
+        self.worker.notify()
+
+    async def run_here(self, job_id: str, poll: float = 0.3) -> None:
+        """Run an ingestion job in this process, or, when another process's worker has it,
+        wait for that one to finish it (or to die, and then take it over)."""
+        key = _key(job_id)
+        while True:
+            queued = await self.queue.find(key)
+            if queued is None:
+                await self._enqueue(job_id)
+                continue
+            if await self.worker.run_one(queued.id):
+                queued = await self.queue.find(key)
+            async with self.db.reader() as s:
+                status = await s.scalar(select(IngestJob.status).where(IngestJob.id == job_id))
+            if status not in ("queued", "running"):
+                return
+            if queued is not None and queued.status in JobStatus.FINISHED:
+                await self._enqueue(job_id)  # the ingestion job outlived its queue entry
+            await asyncio.sleep(poll)
 
     # -- access ---------------------------------------------------------------------------
 
@@ -300,7 +346,7 @@ class KnowledgeService:
         except IntegrityError as exc:
             raise Conflict(f"a collection named {name!r} already exists here") from exc
         if job is not None:
-            self.runner.notify()
+            await self._enqueue(job.id)
         return collection, job
 
     async def delete_collection(self, principal: Principal | None, ref: str) -> None:
@@ -509,7 +555,7 @@ class KnowledgeService:
             for item in items:
                 item.job_id = job.id
             s.add_all(items)
-        self.runner.notify()
+        await self._enqueue(job.id)
         log.info("ingest_job_queued", job_id=job.id, files=len(items))
         return job
 
@@ -596,6 +642,9 @@ class KnowledgeService:
                 collection = await s.get(Collection, job.collection_id)
                 if collection is not None:
                     collection.pending_embedder, collection.state = None, "ready"
+        queued = await self.queue.find(_key(job_id))
+        if queued is not None:
+            await self.queue.cancel(queued.id)
         return await self.job(principal, job_id)
 
     async def retry_job(self, principal: Principal | None, job_id: str) -> JobReport:
@@ -621,7 +670,7 @@ class KnowledgeService:
             if not retried:
                 raise Conflict("no failed file of this job can be retried")
             job.status, job.error, job.finished_at = "queued", None, None
-        self.runner.notify()
+        await self._enqueue(job_id)
         return await self.job(principal, job_id)
 
     async def _require_member(self, principal: Principal | None, job: IngestJob) -> None:
@@ -674,6 +723,10 @@ async def _drop_empty_document(s: AsyncSession, document_id: str | None) -> None
     )
     if not remaining:
         await s.execute(delete(Document).where(Document.id == document_id))
+
+
+def _key(ingest_job_id: str) -> str:
+    return f"ingest:{ingest_job_id}"
 
 
 def _walk(paths: Iterable[Path]) -> list[Path]:

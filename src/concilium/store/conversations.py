@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from concilium.errors import NotFound
@@ -161,11 +161,15 @@ def branch_path(messages: Sequence[Message], leaf_id: str | None) -> list[Messag
     return path
 
 
-async def recover_interrupted(session: AsyncSession) -> int:
-    """Messages left 'generating' by a crash keep their text and become 'incomplete'."""
+async def recover_interrupted(session: AsyncSession, alive: Collection[str] = ()) -> int:
+    """Messages left 'generating' by a process that is gone keep their text and become
+    'incomplete'; those of the ``alive`` processes (their owners) are left alone."""
     result = await session.execute(
         update(Message)
-        .where(Message.status == MessageStatus.GENERATING)
+        .where(
+            Message.status == MessageStatus.GENERATING,
+            or_(Message.owner_id.is_(None), Message.owner_id.not_in(list(alive))),
+        )
         .values(status=MessageStatus.INCOMPLETE, finish_reason="interrupted")
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -40,9 +40,12 @@ __all__ = [
     "IndexOp",
     "IngestItem",
     "IngestJob",
+    "JobRecord",
+    "LeaseRecord",
     "Membership",
     "Message",
     "MessageStatus",
+    "ProcessRecord",
     "RefreshToken",
     "ResponseCacheEntry",
     "Role",
@@ -167,6 +170,10 @@ class Message(Base):
     sources: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     #: An agent's steps: thoughts, tool calls and their results, approvals.
     steps: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    #: While generating: the process writing it (see ``processes``), and whether another
+    #: process asked it to stop.
+    owner_id: Mapped[str | None] = mapped_column(String(32))
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     conversation: Mapped[Conversation] = relationship(back_populates="messages")
@@ -534,3 +541,57 @@ class AgentApproval(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column()
     decided_at: Mapped[datetime | None] = mapped_column()
+
+
+class ProcessRecord(Base):
+    """A running Concilium process (server, worker, or a command) sharing this database.
+    Its heartbeat says it is alive: what it owns (leases, answers being written) is taken
+    over only once the heartbeat is older than the expiry."""
+
+    __tablename__ = "processes"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    #: server, worker, cli
+    role: Mapped[str] = mapped_column(String(16))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class JobRecord(Base):
+    """Background work: claimed under a lease, retried with backoff, dead-lettered after
+    ``max_attempts``. ``key`` is unique: enqueueing twice under one key is a no-op (a
+    schedule's tick, or a domain record the job works on)."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_claim", "status", "kind", "run_after"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    kind: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: queued, running, done, failed (retries exhausted: the dead letter), cancelled
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    run_after: Mapped[datetime] = mapped_column(default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(32))
+    lease_expires_at: Mapped[datetime | None] = mapped_column()
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+
+
+class LeaseRecord(Base):
+    """A named lock held for a time by one process (the scheduler's leadership)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(32))
+    expires_at: Mapped[datetime] = mapped_column()

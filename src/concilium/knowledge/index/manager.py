@@ -4,14 +4,21 @@ An index directory holds the tantivy index, the usearch file and ``manifest.json
 last applied operation. Operations are idempotent (remove-then-add), so replaying after a
 crash between applying and recording is harmless; a ``reset`` rebuilds from the live chunks.
 Deleting the directory is always safe: the next catch-up rebuilds it all.
+
+Several processes may share the directory (the server, and ``concilium ingest`` or a
+worker on the same data dir): an exclusive lock on ``<collection>.lock`` beside it makes
+their catch-ups take turns, so one tantivy writer and one usearch save run at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
+import os
 import shutil
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +37,7 @@ __all__ = ["CollectionIndex", "IndexManager"]
 
 log = structlog.get_logger(__name__)
 _BATCH = 2000
+_LOCK_POLL = 0.05
 
 
 @dataclass
@@ -51,6 +59,23 @@ class IndexManager:
 
     def _lock(self, collection_id: str) -> asyncio.Lock:
         return self._locks.setdefault(collection_id, asyncio.Lock())
+
+    @contextlib.asynccontextmanager
+    async def _folder_lock(self, collection_id: str) -> AsyncIterator[None]:
+        """The collection's directory, exclusively across processes (polled, so a wait can
+        be cancelled; the lock goes with the descriptor if the process dies)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / f"{collection_id}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(_LOCK_POLL)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def _manifest(self, collection_id: str) -> Path:
         return self.root / collection_id / "manifest.json"
@@ -94,7 +119,7 @@ class IndexManager:
 
     async def current(self, collection: Collection) -> CollectionIndex:
         """The collection's index, caught up with every logged operation."""
-        async with self._lock(collection.id):
+        async with self._lock(collection.id), self._folder_lock(collection.id):
             index = self._open.get(collection.id)
             precision = CollectionSettings.model_validate(
                 collection.settings or {}
@@ -214,6 +239,6 @@ class IndexManager:
             cursor = ids[-1]
 
     async def drop(self, collection_id: str) -> None:
-        async with self._lock(collection_id):
+        async with self._lock(collection_id), self._folder_lock(collection_id):
             self._open.pop(collection_id, None)
             await asyncio.to_thread(shutil.rmtree, self.root / collection_id, True)

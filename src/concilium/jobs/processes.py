@@ -1,0 +1,84 @@
+"""This process, as the others sharing the database see it: a row in ``processes`` with a
+heartbeat. Leases and answers being written name their owner by this row's id; another
+process takes over what an owner held only once the owner's heartbeat is older than
+``expiry`` (it crashed, or its machine went away) — never because it merely started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from datetime import datetime, timedelta
+
+import structlog
+from sqlalchemy import delete, select, update
+
+from concilium.store.db import Database
+from concilium.store.models import ProcessRecord, new_id, utcnow
+
+__all__ = ["ProcessRegistry"]
+
+log = structlog.get_logger(__name__)
+
+
+class ProcessRegistry:
+    def __init__(self, db: Database, role: str, interval: float = 5.0, expiry: float = 30.0):
+        self.db = db
+        self.role = role
+        self.interval = interval
+        self.expiry = expiry
+        self.id = new_id()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        async with self.db.session() as s:
+            s.add(
+                ProcessRecord(
+                    id=self.id, role=self.role, host=socket.gethostname()[:255], pid=os.getpid()
+                )
+            )
+        self._task = asyncio.get_running_loop().create_task(self._beat(), name="heartbeat")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(Exception):  # a database already gone: expiry does it
+            async with self.db.session() as s:
+                await s.execute(delete(ProcessRecord).where(ProcessRecord.id == self.id))
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                async with self.db.session() as s:
+                    await s.execute(
+                        update(ProcessRecord)
+                        .where(ProcessRecord.id == self.id)
+                        .values(heartbeat_at=utcnow())
+                    )
+                    # The dead are forgotten after ten expiries (their rows only say so).
+                    await s.execute(
+                        delete(ProcessRecord).where(
+                            ProcessRecord.heartbeat_at < self.cutoff(10 * self.expiry)
+                        )
+                    )
+            except Exception:
+                log.warning("heartbeat_failed", process_id=self.id, exc_info=True)
+
+    def cutoff(self, expiry: float | None = None) -> datetime:
+        return utcnow() - timedelta(seconds=self.expiry if expiry is None else expiry)
+
+    async def alive(self) -> set[str]:
+        """The ids of the processes whose heartbeat has not expired (this one included)."""
+        async with self.db.reader() as s:
+            ids = await s.scalars(
+                select(ProcessRecord.id).where(ProcessRecord.heartbeat_at >= self.cutoff())
+            )
+            return {*ids, self.id}

@@ -1,0 +1,163 @@
+"""Runs queued jobs: claims one under a lease, runs its handler while a heartbeat extends
+the lease (and stores the progress the handler reports), then completes it, requeues it
+after a backoff, dead-letters it, or stops it when cancellation is asked for — from this
+process or any other sharing the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from concilium.jobs.queue import Job, JobQueue, JobStatus
+
+__all__ = ["Handler", "JobContext", "Worker"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class JobContext:
+    job: Job
+    #: What the handler reports; stored with the next heartbeat.
+    progress: dict[str, Any] = field(default_factory=dict)
+
+    def report(self, **progress: Any) -> None:
+        self.progress.update(progress)
+
+
+Handler = Callable[[JobContext], Coroutine[Any, Any, None]]
+
+
+class Worker:
+    """``concurrency`` jobs at a time, of the kinds it has handlers for."""
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        owner: str,
+        handlers: dict[str, Handler] | None = None,
+        *,
+        lease: float = 30.0,
+        poll: float = 5.0,
+        concurrency: int = 1,
+    ) -> None:
+        self.queue = queue
+        self.owner = owner
+        self.handlers: dict[str, Handler] = dict(handlers or {})
+        self.lease = lease
+        self.poll = poll
+        self.concurrency = concurrency
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def register(self, kind: str, handler: Handler) -> None:
+        self.handlers[kind] = handler
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if not self._tasks and self.handlers:
+            loop = asyncio.get_running_loop()
+            self._tasks = [
+                loop.create_task(self._loop(), name=f"worker-{i}") for i in range(self.concurrency)
+            ]
+
+    async def stop(self) -> None:
+        """Running jobs are stopped and handed back to the queue at once (not after their
+        lease): another worker, or this one's next start, resumes them."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                ran = await self.run_one()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("worker_claim_failed", owner=self.owner)
+                ran = False
+            if not ran:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.poll):
+                        await self._wake.wait()
+
+    # -- one job --------------------------------------------------------------------------
+
+    async def run_one(self, job_id: str | None = None) -> bool:
+        """Claim one due job (or this one) and run it to its end; False if none was due."""
+        job = await self.queue.claim(self.owner, list(self.handlers), self.lease, job_id)
+        if job is None:
+            return False
+        await self._run(job)
+        return True
+
+    async def _run(self, job: Job) -> None:
+        context = JobContext(job, dict(job.progress or {}))
+        handler = self.handlers[job.kind]
+        task = asyncio.get_running_loop().create_task(handler(context), name=f"job-{job.id}")
+        log.info("job_started", job_id=job.id, kind=job.kind, attempt=job.attempts)
+        stopped_by: str | None = None
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=self.lease / 3)
+                if task.done():
+                    break
+                if not await self.queue.heartbeat(job, self.owner, self.lease, context.progress):
+                    current = await self.queue.get(job.id)
+                    asked = (
+                        current is not None
+                        and current.lease_owner == self.owner
+                        and current.cancel_requested
+                    )
+                    stopped_by = "cancel" if asked else "lease"
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                    break
+        except asyncio.CancelledError:
+            # The worker stops: the job goes back to the queue for whoever comes next.
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.queue.release(job, self.owner))
+            raise
+        if stopped_by == "cancel":
+            await self.queue.cancelled(job, self.owner)
+            log.info("job_cancelled", job_id=job.id, kind=job.kind)
+            return
+        if stopped_by == "lease":
+            log.warning("job_lease_lost", job_id=job.id, kind=job.kind)
+            return
+        error = task.exception()
+        if error is None:
+            await self.queue.heartbeat(job, self.owner, self.lease, context.progress)
+            await self.queue.complete(job, self.owner)
+            log.info("job_done", job_id=job.id, kind=job.kind)
+            return
+        status = await self.queue.fail(job, self.owner, f"{type(error).__name__}: {error}")
+        log.warning(
+            "job_failed",
+            job_id=job.id,
+            kind=job.kind,
+            attempt=job.attempts,
+            then=status,
+            exc_info=error,
+        )
+        if status == JobStatus.QUEUED:
+            self.notify()
