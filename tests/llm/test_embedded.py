@@ -237,3 +237,25 @@ async def test_explicit_backend_paths_obey_the_same_directory_rule(
 ) -> None:
     with pytest.raises(ModelNotFound):
         services.router.resolve(name)
+
+
+def test_extra_buffers_are_off_on_cpus_with_amx_unless_forced() -> None:
+    from concilium.llm.backends.embedded import _extra_buffers
+
+    has_amx = "amx_tile" in Path("/proc/cpuinfo").read_text()
+    assert _extra_buffers("auto") is not has_amx
+    assert _extra_buffers("on") is True
+    assert _extra_buffers("off") is False
+
+
+def test_the_engine_asks_for_no_extra_buffers_only_while_loading() -> None:
+    """The wrapped defaults are what ``Llama`` reads, and are restored after the load."""
+    import llama_cpp.llama_cpp as bindings
+
+    from concilium.llm.backends._engine import _model_defaults
+
+    before = bindings.llama_model_default_params
+    with _model_defaults(extra_buffers=False):
+        assert bindings.llama_model_default_params().use_extra_bufts is False
+    assert bindings.llama_model_default_params is before
+    assert bindings.llama_model_default_params().use_extra_bufts is True

@@ -14,6 +14,7 @@ token and finally ``{"id", "end": {finish_reason, prompt_tokens, completion_toke
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -21,9 +22,35 @@ import signal
 import sys
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 __all__ = ["main"]
+
+
+@contextlib.contextmanager
+def _model_defaults(*, extra_buffers: bool) -> Iterator[None]:
+    """llama-cpp-python's ``Llama`` has no argument for llama.cpp's ``use_extra_bufts``
+    (weight repacking, AMX tiles): it starts from ``llama_model_default_params``, which
+    this wraps while a model loads. Without extra buffers, AMX kernels are never used."""
+    import llama_cpp.llama_cpp as bindings  # what llama_cpp.llama calls them through
+
+    if extra_buffers:
+        yield
+        return
+    name = "llama_model_default_params"
+    original = getattr(bindings, name)
+
+    def defaults() -> Any:
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    setattr(bindings, name, defaults)
+    try:
+        yield
+    finally:
+        setattr(bindings, name, original)
 
 
 class _Logprobs:
@@ -94,15 +121,16 @@ class _Engine:
         while len(self.loaded) >= self.options["max_loaded_models"]:
             _, old = self.loaded.popitem(last=False)
             old.close()
-        llm = Llama(
-            model_path=path,
-            n_ctx=n_ctx,
-            n_threads=self.options["n_threads"],
-            n_batch=self.options["n_batch"],
-            use_mlock=self.options["use_mlock"],
-            flash_attn=self.options["flash_attn"],
-            verbose=False,
-        )
+        with _model_defaults(extra_buffers=self.options.get("extra_buffers", True)):
+            llm = Llama(
+                model_path=path,
+                n_ctx=n_ctx,
+                n_threads=self.options["n_threads"],
+                n_batch=self.options["n_batch"],
+                use_mlock=self.options["use_mlock"],
+                flash_attn=self.options["flash_attn"],
+                verbose=False,
+            )
         self.loaded[name] = llm
         return llm
 

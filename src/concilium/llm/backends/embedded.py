@@ -19,7 +19,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import structlog
 from pydantic import Field
@@ -45,15 +45,41 @@ _ENGINE_START_TIMEOUT = 120.0
 
 class EmbeddedOptions(OptionsModel):
     n_ctx: int = Field(4096, ge=512, description="Context window allocated per loaded model.")
-    n_threads: int | None = Field(None, ge=1, description="CPU threads; default: all cores.")
+    n_threads: int | None = Field(
+        None, ge=1, description="CPU threads; default: every core this process may run on."
+    )
     n_batch: int = Field(512, ge=8, description="Prompt-processing batch size.")
     max_loaded_models: int = Field(1, ge=1, description="Models kept in memory (LRU).")
     use_mlock: bool = Field(False, description="Lock model pages in RAM.")
     flash_attn: bool = Field(False, description="Use flash attention kernels.")
+    extra_buffers: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="llama.cpp's extra weight buffers (repacking for faster CPU kernels, "
+        "Intel AMX). auto: on, except on CPUs with AMX, where llama.cpp's AMX kernels crash.",
+    )
     model_dirs: list[Path] = Field(
         default_factory=list,
         description="Directories whose .gguf files may be named by path (the models dir always).",
     )
+
+
+def _usable_cpus() -> int:
+    """The cores this process may run on (a container's or a taskset's share, not the
+    machine's): more threads than that make llama.cpp's workers wait on each other."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _extra_buffers(choice: str) -> bool:
+    if choice != "auto":
+        return choice == "on"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    return "amx_tile" not in flags
 
 
 class _EngineProcess:
@@ -326,11 +352,12 @@ class EmbeddedBackend(Backend):
                 opts = self.options
                 self._engine = await _EngineProcess.start(
                     {
-                        "n_threads": opts.n_threads or os.cpu_count() or 1,
+                        "n_threads": opts.n_threads or _usable_cpus(),
                         "n_batch": opts.n_batch,
                         "max_loaded_models": opts.max_loaded_models,
                         "use_mlock": opts.use_mlock,
                         "flash_attn": opts.flash_attn,
+                        "extra_buffers": _extra_buffers(opts.extra_buffers),
                     },
                     self._observe,
                 )
