@@ -11,6 +11,9 @@ DEFAULT_MODEL ?= qwen2.5-coder-1.5b
 # uses it too, so the 1.1 GB default model is assembled once.
 MODELS_DIR ?= $(or $(XDG_DATA_HOME),$(HOME)/.local/share)/concilium/models
 PYTEST_ARGS ?=
+# Test workers (pytest-xdist): much of the suite waits on servers and subprocesses, so two
+# workers shorten it even on two cores. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 # uv installs into $(VENV) with the interpreter that made it and never downloads a Python.
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
@@ -60,7 +63,7 @@ test-deps:
 # The acceptance test of grounded answers runs the default model.
 test: install test-deps $(VENV)/.test-model services
 	$(BIN)/concilium models pull $(DEFAULT_MODEL) --models-dir $(MODELS_DIR)
-	CONCILIUM_TEST_MODELS_DIR=$(MODELS_DIR) $(BIN)/pytest $(PYTEST_ARGS)
+	CONCILIUM_TEST_MODELS_DIR=$(MODELS_DIR) $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

@@ -31,6 +31,16 @@ TEST_MODEL = "smollm2-135m"
 PG_DSN = os.environ.get("CONCILIUM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, each worker (and what it starts: llama.cpp engines, commands)
+    runs on its own share of the cores, so two model tests never fight over the same ones."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    cpus = sorted(os.sched_getaffinity(0))
+    if worker.startswith("gw") and 1 < count <= len(cpus):
+        os.sched_setaffinity(0, cpus[int(worker[2:]) % count :: count])
+
+
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Settings come from the test, never from the developer's environment."""

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
+import socket
 import time
 from typing import Any
 
@@ -286,12 +286,17 @@ def test_client_disconnect_during_a_json_turn_stops_the_backend(
     live, fake = fake_live
     fake.default = Behaviour(text=" ".join(f"w{i}" for i in range(200)), chunk_delay=0.05)
     conv = _new(live)
-    with (
-        httpx.Client(base_url=live.url, timeout=0.5, headers=live.http.headers) as client,
-        contextlib.suppress(httpx.ReadTimeout),
-    ):
-        client.post(f"/api/conversations/{conv['id']}/messages", json={"content": "long"})
-    _wait_for(lambda: fake.cancelled == 1)
+    body = json.dumps({"content": "long"}).encode()
+    url = httpx.URL(live.url)
+    with socket.create_connection((url.host, url.port)) as sock:
+        head = (
+            f"POST /api/conversations/{conv['id']}/messages HTTP/1.1\r\nHost: {url.host}\r\n"
+            f"Authorization: {live.http.headers['authorization']}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + body)
+        _wait_for(lambda: len(fake.requests) >= 1, timeout=30)  # the backend is streaming
+    _wait_for(lambda: fake.cancelled == 1, timeout=30)  # the client left: so does the backend
     assert fake.completed == 0
 
 

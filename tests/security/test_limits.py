@@ -12,6 +12,8 @@ from tests.support.fake_llm_servers import FakeOpenAI
 from tests.support.live import PASSWORD, Live, remote_backend
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
+# One Redis database, emptied by these tests: they run in one test worker.
+pytestmark = pytest.mark.xdist_group("redis-db-15")
 HELLO = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
 
 
