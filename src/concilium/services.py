@@ -23,6 +23,7 @@ from concilium.auth.quotas import UsageMeter
 from concilium.auth.ratelimit import RateLimiter
 from concilium.auth.service import AuthService
 from concilium.auth.workspaces import Workspaces
+from concilium.bus import LocalBus
 from concilium.chat.service import ChatService
 from concilium.config import Settings
 from concilium.jobs import (
@@ -73,6 +74,7 @@ class Services:
     knowledge: KnowledgeService
     tools: ToolExecutor
     files: WorkspaceFiles
+    bus: LocalBus
     process: ProcessRegistry
     queue: DatabaseQueue
     worker: Worker
@@ -86,9 +88,11 @@ class Services:
             pool_size=settings.database.pool_size,
         )
         metrics = Metrics()
+        bus = LocalBus()
+        metrics.subscribe(bus)
         process = ProcessRegistry(db, "cli")
         queue = DatabaseQueue(db)
-        worker = Worker(queue, process.id)
+        worker = Worker(queue, process.id, bus=bus)
         scheduler = Scheduler(db, queue, process.id)
         _housekeeping(queue, worker, scheduler)
         backends = build_backends(settings)
@@ -106,6 +110,7 @@ class Services:
             RerankerRegistry(settings, router),
             queue=queue,
             worker=worker,
+            bus=bus,
         )
         rag = RagMode(settings, router, knowledge, prompts=orchestrator.prompts)
         orchestrator.register_mode(rag)
@@ -129,7 +134,7 @@ class Services:
             cache=cache,
             router=router,
             orchestrator=orchestrator,
-            chat=ChatService(settings, db, orchestrator, metrics, workspaces, process),
+            chat=ChatService(settings, db, orchestrator, metrics, workspaces, process, bus),
             audit=audit,
             auth=AuthService(settings, db, audit),
             workspaces=workspaces,
@@ -140,6 +145,7 @@ class Services:
             files=WorkspaceFiles(
                 settings.workspaces_dir, workspaces, settings.knowledge.max_upload_bytes
             ),
+            bus=bus,
             process=process,
             queue=queue,
             worker=worker,
@@ -181,6 +187,7 @@ class Services:
         await self.worker.stop()
         await self.chat.shutdown(self.settings.server.graceful_shutdown_seconds)
         await self.knowledge.stop()
+        await self.bus.close()
         await self.process.stop()
         await self.tools.close()
         for backend in self.backends.values():

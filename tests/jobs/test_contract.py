@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text, update
 
+from concilium.bus import DomainEvent, JobFailed, LocalBus
 from concilium.jobs import DatabaseQueue, JobContext, JobStatus, Worker
 from concilium.jobs.queue import backoff
 from concilium.jobs.scheduler import Schedule, Scheduler, acquire_lease
@@ -185,7 +186,10 @@ async def test_a_failing_job_is_retried_after_a_backoff_then_dead_lettered(
         calls += 1
         raise RuntimeError(f"attempt {calls} failed")
 
-    worker = Worker(queue, "w", {"flaky": broken})
+    bus = LocalBus()
+    failures: list[DomainEvent] = []
+    bus.subscribe(failures.append, JobFailed)
+    worker = Worker(queue, "w", {"flaky": broken}, bus=bus)
     job = await queue.enqueue("flaky", max_attempts=2)
     assert job is not None
     assert await worker.run_one()
@@ -202,6 +206,11 @@ async def test_a_failing_job_is_retried_after_a_backoff_then_dead_lettered(
     assert dead.status == JobStatus.FAILED
     assert dead.attempts == 2
     assert dead.error == "RuntimeError: attempt 2 failed"
+    await bus.drain()
+    assert [(e.job_id, e.retrying) for e in failures if isinstance(e, JobFailed)] == [
+        (job.id, True),
+        (job.id, False),
+    ]
     assert not await worker.run_one()
     assert await queue.retry(job.id)
     again = await queue.get(job.id)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from concilium.bus import DocumentAdded, DocumentRemoved, DocumentUpdated, DomainEvent
 from concilium.errors import Conflict, InvalidRequest, NotFound
 from concilium.knowledge.index.manager import IndexManager
 from concilium.knowledge.search import Filters
@@ -99,6 +100,22 @@ async def test_versions_identical_content_is_noop_and_changes_retire_old_chunks(
     assert [h.version for h in hits] == [2]
     assert "lentilles" in hits[0].text
     assert await _live_chunks(knowledge, cid) == 1
+
+
+async def test_documents_added_updated_and_removed_are_told_on_the_bus(knowledge: Knowledge):
+    heard: list[DomainEvent] = []
+    knowledge.service.bus.subscribe(heard.append)
+    cid = await knowledge.collection()
+    for text in (b"# Menu\n\nPotiron.\n", b"# Menu\n\nPotiron.\n", b"# Menu\n\nLentilles.\n"):
+        await knowledge.run((await knowledge.service.ingest(None, cid, [Upload("m.md", text)])).id)
+    [(document, current, _)], _ = await knowledge.service.list_documents(None, cid)
+    await knowledge.service.delete_document(None, document.id)
+    await knowledge.service.bus.drain()
+    assert [type(e) for e in heard] == [DocumentAdded, DocumentUpdated, DocumentRemoved]
+    assert current is not None
+    assert heard[1] == DocumentUpdated(
+        collection_id=cid, document_id=document.id, version_id=current.id, at=heard[1].at
+    )
 
 
 async def test_delete_document_leaves_the_indexes(knowledge: Knowledge):

@@ -22,6 +22,7 @@ from concilium import errors
 from concilium.auth.principal import Principal
 from concilium.auth.quotas import Account
 from concilium.auth.workspaces import Workspaces
+from concilium.bus import AnswerCompleted, AnswerStarted, EventBus, LocalBus
 from concilium.chat.identity import system_prompt
 from concilium.config import Settings
 from concilium.errors import ConciliumError, Forbidden, InvalidRequest, NotFound
@@ -148,8 +149,10 @@ class ChatService:
         metrics: Metrics,
         workspaces: Workspaces,
         process: ProcessRegistry | None = None,
+        bus: EventBus | None = None,
     ) -> None:
         self.settings = settings
+        self.bus: EventBus = bus or LocalBus()
         self.db = db
         self.orchestrator = orchestrator
         self.metrics = metrics
@@ -545,6 +548,13 @@ class ChatService:
         )
         if self._watcher is None:
             self._watcher = loop.create_task(self._watch_cancels(), name="cancel-watch")
+        self.bus.publish(
+            AnswerStarted(
+                message_id=generation.message_id,
+                conversation_id=generation.conversation_id,
+                model=prepared.request.model,
+            )
+        )
         return generation
 
     async def _run(
@@ -577,6 +587,16 @@ class ChatService:
             save = asyncio.ensure_future(self._save(generation.message_id, fields))
             try:
                 await asyncio.shield(save)
+                self.bus.publish(
+                    AnswerCompleted(
+                        message_id=generation.message_id,
+                        conversation_id=generation.conversation_id,
+                        model=fields.get("model") or prepared.request.model,
+                        status=str(fields.get("status")),
+                        prompt_tokens=fields.get("prompt_tokens"),
+                        completion_tokens=fields.get("completion_tokens"),
+                    )
+                )
             except asyncio.CancelledError:
                 await asyncio.wait({save})  # the event loop is going down: store first
                 raise

@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 
+from concilium.bus import EventBus, JobDone, JobFailed, JobProgressed, LocalBus
 from concilium.jobs.queue import Job, JobQueue, JobStatus
 
 __all__ = ["Handler", "JobContext", "Worker"]
@@ -46,8 +47,10 @@ class Worker:
         lease: float = 30.0,
         poll: float = 5.0,
         concurrency: int = 1,
+        bus: EventBus | None = None,
     ) -> None:
         self.queue = queue
+        self.bus: EventBus = bus or LocalBus()
         self.owner = owner
         self.handlers: dict[str, Handler] = dict(handlers or {})
         self.lease = lease
@@ -112,12 +115,14 @@ class Worker:
         task = asyncio.get_running_loop().create_task(handler(context), name=f"job-{job.id}")
         log.info("job_started", job_id=job.id, kind=job.kind, attempt=job.attempts)
         stopped_by: str | None = None
+        reported = dict(context.progress)
         try:
             while not task.done():
                 await asyncio.wait({task}, timeout=self.lease / 3)
                 if task.done():
                     break
-                if not await self.queue.heartbeat(job, self.owner, self.lease, context.progress):
+                progress = dict(context.progress)
+                if not await self.queue.heartbeat(job, self.owner, self.lease, progress):
                     current = await self.queue.get(job.id)
                     asked = (
                         current is not None
@@ -129,6 +134,9 @@ class Worker:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
                     break
+                if progress != reported:
+                    reported = progress
+                    self.bus.publish(JobProgressed(job_id=job.id, kind=job.kind, progress=progress))
         except asyncio.CancelledError:
             # The worker stops: the job goes back to the queue for whoever comes next.
             task.cancel()
@@ -149,8 +157,15 @@ class Worker:
             await self.queue.heartbeat(job, self.owner, self.lease, context.progress)
             await self.queue.complete(job, self.owner)
             log.info("job_done", job_id=job.id, kind=job.kind)
+            self.bus.publish(JobDone(job_id=job.id, kind=job.kind))
             return
-        status = await self.queue.fail(job, self.owner, f"{type(error).__name__}: {error}")
+        message = f"{type(error).__name__}: {error}"
+        status = await self.queue.fail(job, self.owner, message)
+        self.bus.publish(
+            JobFailed(
+                job_id=job.id, kind=job.kind, error=message, retrying=status == JobStatus.QUEUED
+            )
+        )
         log.warning(
             "job_failed",
             job_id=job.id,

@@ -31,6 +31,7 @@ from sqlalchemy import and_, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from concilium.bus import DocumentAdded, DocumentUpdated, DomainEvent, EventBus, LocalBus
 from concilium.config import Settings
 from concilium.jobs import JobContext
 from concilium.knowledge.chunking import Chunk, chunk_document, indexed_text
@@ -139,8 +140,10 @@ class IngestRunner:
         embedders: EmbedderRegistry,
         indexes: IndexManager,
         files: FileStore,
+        bus: EventBus | None = None,
     ) -> None:
         self.settings = settings
+        self.bus: EventBus = bus or LocalBus()
         self.db = db
         self.embedders = embedders
         self.indexes = indexes
@@ -459,21 +462,29 @@ class IngestRunner:
                 )
             ).all()
         for start in range(0, len(ready), _ACTIVATE_BATCH):
+            activated: list[DomainEvent] = []
             async with self._write_lock, self.db.session() as s:
                 for item in ready[start : start + _ACTIVATE_BATCH]:
-                    await self._activate_one(s, collection, item.id)
+                    event = await self._activate_one(s, collection, item.id)
+                    if event is not None:
+                        activated.append(event)
+            for event in activated:  # committed: now it is a fact
+                self.bus.publish(event)
 
-    async def _activate_one(self, s: AsyncSession, collection: Collection, item_id: str) -> None:
+    async def _activate_one(
+        self, s: AsyncSession, collection: Collection, item_id: str
+    ) -> DomainEvent | None:
         item = await s.get(IngestItem, item_id)
         if item is None or item.status != "chunked" or item.version_id is None:
-            return
+            return None
         version = await s.get(DocumentVersion, item.version_id)
         document = await s.get(Document, item.document_id) if item.document_id else None
         if version is None or document is None:
             item.status, item.reason, item.error = "failed", "corrupt", "document removed"
-            return
-        if document.current_version_id and document.current_version_id != version.id:
-            await retire_version(s, collection.id, document.current_version_id)
+            return None
+        replaced = document.current_version_id
+        if replaced and replaced != version.id:
+            await retire_version(s, collection.id, replaced)
         version.status = "active"
         document.current_version_id = version.id
         document.title = version.title or document.title
@@ -483,6 +494,8 @@ class IngestRunner:
         ).all()
         s.add_all(IndexOp(collection_id=collection.id, op="add", chunk_id=i) for i in ids)
         item.status = "indexed"
+        change = DocumentUpdated if replaced and replaced != version.id else DocumentAdded
+        return change(collection_id=collection.id, document_id=document.id, version_id=version.id)
 
     # -- re-embedding ---------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from concilium.auth.principal import Principal
 from concilium.auth.workspaces import Workspaces
+from concilium.bus import DocumentRemoved, EventBus, LocalBus
 from concilium.config import Settings
 from concilium.errors import Conflict, InvalidRequest, NotFound
 from concilium.jobs import DatabaseQueue, JobQueue, JobStatus, Worker
@@ -29,6 +30,7 @@ from concilium.knowledge.embedders import EmbedderRegistry
 from concilium.knowledge.files import FileStore
 from concilium.knowledge.index.manager import IndexManager
 from concilium.knowledge.jobs import INGEST_JOB, IngestRunner, Progress
+from concilium.knowledge.parsing import load_parsers
 from concilium.knowledge.rerank import RerankerRegistry
 from concilium.knowledge.retrieval import Hit, Retriever
 from concilium.knowledge.search import Filters
@@ -95,6 +97,7 @@ class KnowledgeService:
         *,
         queue: JobQueue | None = None,
         worker: Worker | None = None,
+        bus: EventBus | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -103,7 +106,8 @@ class KnowledgeService:
         self.rerankers = rerankers
         self.files = FileStore(settings.data_dir / "files")
         self.indexes = IndexManager(settings.data_dir / "indexes", db, embedders.dim)
-        self.runner = IngestRunner(settings, db, embedders, self.indexes, self.files)
+        self.bus: EventBus = bus or LocalBus()
+        self.runner = IngestRunner(settings, db, embedders, self.indexes, self.files, self.bus)
         self.retriever = Retriever(db, embedders, self.indexes, rerankers)
         #: Ingestion runs as ``knowledge.ingest`` jobs on the shared queue, in whichever
         #: process's worker claims them (the server's, or ``concilium ingest``'s own).
@@ -115,7 +119,9 @@ class KnowledgeService:
 
     async def start(self) -> None:
         """Unfinished ingestion jobs without a queued job (queued by a process that died
-        before enqueueing, or before the queue existed) are put on the queue."""
+        before enqueueing, or before the queue existed) are put on the queue. Parser
+        plugins load now: an unusable one stops the start, not each file's parse."""
+        load_parsers()
         async with self.db.reader() as s:
             unfinished = (
                 await s.scalars(
@@ -457,6 +463,9 @@ class KnowledgeService:
             )
             await s.execute(delete(Document).where(Document.id == document.id))
         log.info("document_deleted", document_id=document.id)
+        self.bus.publish(
+            DocumentRemoved(collection_id=document.collection_id, document_id=document.id)
+        )
 
     # -- ingestion ------------------------------------------------------------------------
 

@@ -4,6 +4,17 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from concilium.bus import (
+    AnswerCompleted,
+    DocumentAdded,
+    DocumentRemoved,
+    DocumentUpdated,
+    DomainEvent,
+    EventBus,
+    JobDone,
+    JobFailed,
+)
+
 __all__ = ["Metrics"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -56,6 +67,49 @@ class Metrics:
         self.generations_in_flight = Gauge(
             "concilium_generations_in_flight", "Answers being generated.", registry=r
         )
+
+        self.answers = Counter(
+            "concilium_answers", "Answers stored, by how they ended.", ["status"], registry=r
+        )
+        self.jobs = Counter(
+            "concilium_jobs",
+            "Background job attempts, by outcome (done, retrying, failed).",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.documents = Counter(
+            "concilium_documents",
+            "Documents made searchable or removed (added, updated, removed).",
+            ["change"],
+            registry=r,
+        )
+
+    def subscribe(self, bus: EventBus) -> None:
+        """Count what the domain events tell."""
+        bus.subscribe(
+            self._observe,
+            AnswerCompleted,
+            JobDone,
+            JobFailed,
+            DocumentAdded,
+            DocumentUpdated,
+            DocumentRemoved,
+        )
+
+    def _observe(self, event: DomainEvent) -> None:
+        match event:
+            case AnswerCompleted(status=status):
+                self.answers.labels(status).inc()
+            case JobDone(kind=kind):
+                self.jobs.labels(kind, "done").inc()
+            case JobFailed(kind=kind, retrying=retrying):
+                self.jobs.labels(kind, "retrying" if retrying else "failed").inc()
+            case DocumentAdded():
+                self.documents.labels("added").inc()
+            case DocumentUpdated():
+                self.documents.labels("updated").inc()
+            case DocumentRemoved():
+                self.documents.labels("removed").inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
