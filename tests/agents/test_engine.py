@@ -285,6 +285,27 @@ async def test_the_final_answer_is_written_from_real_results_and_shows_no_step_m
     assert "<observation" not in writer[1]["content"]
 
 
+async def test_the_draft_answer_stands_when_the_writer_call_fails(
+    make_settings: SettingsFactory, fake_openai: tuple[FakeOpenAI, str]
+) -> None:
+    fake, url = fake_openai
+    settings = _settings(make_settings, url)
+    workspace = settings.workspaces_dir / "local"
+    workspace.mkdir(parents=True)
+    (workspace / "a.txt").write_text("a")
+    fake.push(
+        _step("list_files", arguments={}),
+        _step("answer", answer="There is one file, a.txt."),
+        Behaviour(kind="status", status=400, text="the writer's request was refused"),
+    )
+    async with running_services(settings) as services:
+        events = await _run(services, "Which files are in the workspace?")
+    said = "".join(e.text for e in events if isinstance(e, Token))
+    assert said == "There is one file, a.txt."
+    assert isinstance(events[-1], Done)
+    assert events[-1].finish_reason == "stop"
+
+
 async def test_a_spent_budget_ends_with_what_was_done_and_its_own_error(
     make_settings: SettingsFactory, fake_openai: tuple[FakeOpenAI, str]
 ) -> None:

@@ -29,7 +29,7 @@ from concilium.auth.audit import Actor
 from concilium.auth.principal import Principal, Scope
 from concilium.auth.quotas import Account
 from concilium.config import Settings
-from concilium.errors import Conflict, Forbidden, NotFound
+from concilium.errors import ConciliumError, Conflict, Forbidden, NotFound
 from concilium.events import (
     ApprovalRequired,
     BackendSelected,
@@ -477,9 +477,6 @@ class AgentMode:
                         yield event
                     elif isinstance(event, Done):
                         native_calls = list(event.extra.get("tool_calls") or [])
-                    elif isinstance(event, ErrorEvent):
-                        yield event
-                        return
                 reply = "".join(text)
                 if state.native:
                     calls = [_native_call(call) for call in native_calls]
@@ -607,17 +604,21 @@ class AgentMode:
         params = GenerationParams(temperature=0.0, max_tokens=self.settings.chat.max_tokens)
         cleaner = StepMarkupFilter()
         written = False
-        async for event in self.router.stream(prepared.route, messages, params):
-            if isinstance(event, Token) and event.text:
-                text = cleaner.feed(event.text)
-                written = written or bool(text.strip())
-                if text:
-                    yield Token(text)
-            elif isinstance(event, Usage):
-                state.prompt_tokens += event.prompt_tokens
-                state.completion_tokens += event.completion_tokens
-            elif isinstance(event, ErrorEvent):
-                break
+        try:
+            async for event in self.router.stream(prepared.route, messages, params):
+                if isinstance(event, Token) and event.text:
+                    text = cleaner.feed(event.text)
+                    written = written or bool(text.strip())
+                    if text:
+                        yield Token(text)
+                elif isinstance(event, Usage):
+                    state.prompt_tokens += event.prompt_tokens
+                    state.completion_tokens += event.completion_tokens
+        except ConciliumError as exc:
+            if written:
+                raise  # half an answer went out: the turn ends as incomplete, as it is
+            # Nothing written yet: the draft from the answer step stands instead.
+            log.warning("agent_writer_failed", code=exc.code, detail=exc.detail)
         rest = cleaner.flush()
         if rest:
             written = written or bool(rest.strip())
