@@ -19,13 +19,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from concilium.auth.principal import ALL_SCOPES, Principal
+from concilium.plugins import KINDS, PluginError, load
 
 __all__ = [
     "Risk",
@@ -36,7 +36,7 @@ __all__ = [
     "tool",
 ]
 
-ENTRY_POINT_GROUP = "concilium.tools"
+ENTRY_POINT_GROUP = KINDS["tools"].group
 _NAME = re.compile(r"^[a-z][a-z0-9_]{1,63}$")
 _ARG_LINE = re.compile(r"^\s{2,}(\w+)\s*(?:\([^)]*\))?:\s*(.+)$")
 
@@ -70,6 +70,14 @@ class ToolContext:
     @property
     def scopes(self) -> frozenset[str]:
         return ALL_SCOPES if self.principal is None else self.principal.scopes
+
+
+def _check_tools(obj: Any) -> str | None:
+    items = obj if isinstance(obj, list | tuple) else [obj]
+    for item in items:
+        if not (isinstance(item, Tool) or (isinstance(item, type) and issubclass(item, Tool))):
+            return f"{item!r} is not a Tool"
+    return None
 
 
 class Tool(ABC):
@@ -210,12 +218,15 @@ class ToolRegistry:
             raise ValueError(f"{item.name}: timeout must be in (0, 3600] seconds")
 
     def load_entry_points(self) -> list[str]:
-        """Register third-party tools; returns their names."""
+        """Register the plugins' tools; returns their names. An unusable one is a
+        ``PluginError`` naming it."""
         added = []
-        for point in entry_points(group=ENTRY_POINT_GROUP):
-            loaded = point.load()
+        for plugin, loaded in load("tools", _check_tools).values():
             for item in loaded if isinstance(loaded, list | tuple) else [loaded]:
-                added.append(self.register(item).name)
+                try:
+                    added.append(self.register(item).name)
+                except (ValueError, TypeError) as exc:
+                    raise PluginError(f"{plugin.describe()} is not usable: {exc}") from exc
         return added
 
     def get(self, name: str) -> Tool | None:

@@ -811,6 +811,10 @@ def _register_knowledge() -> None:
 
     app.add_typer(files_app, name="files")
 
+    from concilium.cli.plugins import plugins_app
+
+    app.add_typer(plugins_app, name="plugins")
+
 
 _register_knowledge()
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
+from typing import Any
 
 from concilium.config import Settings
 from concilium.llm.base import Backend
+from concilium.plugins import KINDS, load
 
 __all__ = ["ENTRY_POINT_GROUP", "backend_types", "build_backends", "register_backend_type"]
 
-ENTRY_POINT_GROUP = "concilium.backends"
+ENTRY_POINT_GROUP = KINDS["backends"].group
 _extra: dict[str, type[Backend]] = {}
 
 
@@ -20,13 +21,16 @@ def register_backend_type(name: str, cls: type[Backend]) -> None:
     _extra[name] = cls
 
 
+def _check(obj: Any) -> str | None:
+    if isinstance(obj, type) and issubclass(obj, Backend):
+        return None
+    return f"{obj!r} is not a Backend subclass"
+
+
 def backend_types() -> dict[str, type[Backend]]:
-    types: dict[str, type[Backend]] = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        cls = ep.load()
-        if not (isinstance(cls, type) and issubclass(cls, Backend)):
-            raise TypeError(f"entry point {ep.name!r} ({ep.value}) is not a Backend subclass")
-        types[ep.name] = cls
+    types: dict[str, type[Backend]] = {
+        name: cls for name, (_, cls) in load("backends", _check).items()
+    }
     types.update(_extra)
     return types
 

@@ -1,27 +1,26 @@
-"""Embedders by name: the built-ins, plugins (entry points ``concilium.embedders``), and
-remote OpenAI-compatible servers from the settings."""
+"""Embedders by name: the built-ins and plugins (both entry points ``concilium.embedders``),
+and remote OpenAI-compatible servers from the settings."""
 
 from __future__ import annotations
 
 import threading
-from importlib.metadata import entry_points
+from typing import Any
 
 from concilium.config import Settings
 from concilium.errors import InvalidRequest
 from concilium.knowledge.embedders.base import Embedder, TextKind, normalize
-from concilium.knowledge.embedders.builtin import (
-    E5Small,
-    MiniLM,
-    StaticEmbedder,
-    UniversalSentenceEncoder,
-)
 from concilium.knowledge.embedders.remote import RemoteEmbedder
+from concilium.plugins import PluginError, load
 
 __all__ = ["Embedder", "EmbedderRegistry", "TextKind", "normalize"]
 
-BUILTIN: dict[str, type[Embedder]] = {
-    cls.name: cls for cls in (UniversalSentenceEncoder, E5Small, StaticEmbedder, MiniLM)
-}
+
+def _check(obj: Any) -> str | None:
+    if not (isinstance(obj, type) and issubclass(obj, Embedder)):
+        return f"{obj!r} is not an Embedder subclass"
+    if not isinstance(getattr(obj, "dim", None), int) or obj.dim <= 0:
+        return f"{obj.__name__}.dim must be a positive int"
+    return None
 
 
 class EmbedderRegistry:
@@ -31,11 +30,11 @@ class EmbedderRegistry:
         self.settings = settings
         self._instances: dict[str, Embedder] = {}
         self._lock = threading.Lock()
-        self._types = dict(BUILTIN)
-        for ep in entry_points(group="concilium.embedders"):
-            cls = ep.load()
-            if isinstance(cls, type) and issubclass(cls, Embedder):
-                self._types[ep.name] = cls
+        self._types: dict[str, type[Embedder]] = {}
+        for name, (plugin, cls) in load("embedders", _check).items():
+            if cls.name != name:
+                raise PluginError(f"{plugin.describe()} calls itself {cls.name!r}: use one name")
+            self._types[name] = cls
 
     @property
     def default(self) -> str:

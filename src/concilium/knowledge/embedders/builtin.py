@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from concilium.errors import InvalidRequest
 from concilium.knowledge.embedders.base import Embedder, TextKind, normalize
 
 __all__ = ["E5Small", "MiniLM", "StaticEmbedder", "UniversalSentenceEncoder"]
@@ -26,6 +27,9 @@ __all__ = ["E5Small", "MiniLM", "StaticEmbedder", "UniversalSentenceEncoder"]
 
 class _Lazy(Embedder):
     """Loads its model on first use, once, whatever the number of threads asking."""
+
+    #: The optional dependency group (``concilium[extra]``) its model comes from.
+    extra: ClassVar[str | None] = None
 
     def __init__(self, threads: int = 2) -> None:
         self.threads = threads
@@ -41,7 +45,15 @@ class _Lazy(Embedder):
     def model(self) -> Any:
         with self._lock:
             if self._model is None:
-                self._model = self._load()
+                try:
+                    self._model = self._load()
+                except ImportError as exc:
+                    if self.extra is None:
+                        raise
+                    raise InvalidRequest(
+                        f"the embedder {self.name!r} is not installed here: "
+                        f"pip install 'concilium[{self.extra}]' ({exc})"
+                    ) from exc
             return self._model
 
 
@@ -115,6 +127,7 @@ class MiniLM(_Lazy):
     """English only; needs the optional extra ``concilium[minilm]`` (PyTorch)."""
 
     name: ClassVar[str] = "minilm"
+    extra: ClassVar[str | None] = "minilm"
     dim: ClassVar[int] = 384
     max_tokens: ClassVar[int] = 256
     batch_size: ClassVar[int] = 32

@@ -1,6 +1,9 @@
 """File → text blocks. Formats are detected from content first, the name second.
 
-Parsers register by format name (``register_parser``); built-ins use the same table.
+Parsers are plugins by format name (entry points ``concilium.parsers``, the built-ins
+included), loaded in each process that parses — the spawned parser processes too — so a
+plugin's format is read wherever files are. ``register_parser`` adds one at run time, in
+this process only.
 """
 
 from __future__ import annotations
@@ -8,27 +11,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 from pathlib import PurePath
+from typing import Any
 
 from concilium.knowledge.parsing.base import Block, ParsedDocument, ParseError
-from concilium.knowledge.parsing.data import parse_csv, parse_json, parse_xml, parse_yaml
-from concilium.knowledge.parsing.documents import (
-    parse_docx,
-    parse_html,
-    parse_image,
-    parse_pdf,
-)
-from concilium.knowledge.parsing.text import (
-    parse_code,
-    parse_markdown,
-    parse_rtf,
-    parse_text,
-)
+from concilium.knowledge.parsing.text import parse_code
+from concilium.plugins import load
 
 __all__ = [
     "Block",
     "ParseError",
     "ParsedDocument",
     "detect_format",
+    "load_parsers",
     "parse_bytes",
     "register_parser",
 ]
@@ -117,29 +111,44 @@ _UNSUPPORTED_MAGIC = (
     (b"\xd0\xcf\x11\xe0", "a legacy Office file (.doc/.xls); save it as .docx or PDF"),
 )
 
-_PARSERS: dict[str, Parser] = {
-    "pdf": parse_pdf,
-    "docx": parse_docx,
-    "text": parse_text,
-    "markdown": parse_markdown,
-    "rtf": parse_rtf,
-    "html": parse_html,
-    "csv": parse_csv,
-    "json": parse_json,
-    "yaml": parse_yaml,
-    "xml": parse_xml,
-    "image": parse_image,
-}
+_PARSERS: dict[str, Parser] = {}
+_LOADED = False
+
+
+def _check(obj: Any) -> str | None:
+    if not callable(obj):
+        return f"{obj!r} is not callable"
+    extensions = getattr(obj, "extensions", ())
+    if not isinstance(extensions, tuple) or not all(
+        isinstance(e, str) and e.startswith(".") for e in extensions
+    ):
+        return "its extensions must be a tuple of '.ext' strings"
+    return None
+
+
+def load_parsers() -> None:
+    """The plugins' formats, once per process (a ``PluginError`` if one is unusable)."""
+    global _LOADED
+    if _LOADED:
+        return
+    for name, (_, parser) in load("parsers", _check).items():
+        _PARSERS.setdefault(name, parser)
+        for extension in getattr(parser, "extensions", ()):
+            _EXTENSIONS.setdefault(extension.lower(), name)
+    _LOADED = True
 
 
 def register_parser(name: str, parser: Parser, extensions: tuple[str, ...] = ()) -> None:
-    """Add or replace a format (third-party parsers come in here)."""
+    """Add or replace a format in this process (plugins declare an entry point instead,
+    which reaches the parser processes too)."""
+    load_parsers()
     _PARSERS[name] = parser
     for extension in extensions:
         _EXTENSIONS[extension.lower()] = name
 
 
 def detect_format(filename: str, data: bytes) -> str:
+    load_parsers()
     head = data[:16]
     for magic, kind in _MAGIC:
         if head.startswith(magic):
