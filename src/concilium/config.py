@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    ValidationInfo,
     field_serializer,
     field_validator,
     model_validator,
@@ -248,6 +249,11 @@ class AuthSettings(_Section):
         description="HS256 signing secret (≥ 32 bytes). Default: keys generated in "
         "<data_dir>/secrets/jwt-keys.json, rotated with `concilium auth rotate-key`.",
     )
+    audit_key: SecretStr | None = Field(
+        None,
+        description="HMAC key chaining the audit log (≥ 32 bytes); replicas sharing a "
+        "database share it. Default: generated once in <data_dir>/secrets/audit.key.",
+    )
     password_min_length: int = Field(12, ge=8, le=128, description="Shortest accepted password.")
     argon2_time_cost: int = Field(3, ge=1, description="argon2id passes (~50 ms with defaults).")
     argon2_memory_kib: int = Field(32768, ge=8192, description="argon2id memory, KiB.")
@@ -261,11 +267,11 @@ class AuthSettings(_Section):
     )
     login_lockout_minutes: int = Field(15, ge=1, description="How long a locked account waits.")
 
-    @field_validator("jwt_secret")
+    @field_validator("jwt_secret", "audit_key")
     @classmethod
-    def _strong_secret(cls, value: SecretStr | None) -> SecretStr | None:
+    def _strong_secret(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         if value is not None and len(value.get_secret_value().encode()) < 32:
-            raise ValueError("jwt_secret must be at least 32 bytes")
+            raise ValueError(f"{info.field_name} must be at least 32 bytes")
         return value
 
 

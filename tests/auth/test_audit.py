@@ -140,3 +140,25 @@ def test_the_cli_detects_a_row_edited_in_the_database(tmp_path: Path) -> None:
     tampered = _cli(data, "audit", "verify")
     assert tampered.returncode == 1
     assert "entry 3" in tampered.stderr
+
+
+async def test_replicas_sharing_the_audit_key_setting_keep_one_chain(
+    database: Database, tmp_path: Path
+) -> None:
+    """Two replicas (two data dirs, one database) append to and verify the same chain when
+    ``auth.audit_key`` is set; a replica with another key sees the chain as broken."""
+    key = "k" * 40
+    first = AuditLog(Settings(data_dir=tmp_path / "a", auth={"audit_key": key}), database)
+    second = AuditLog(Settings(data_dir=tmp_path / "b", auth={"audit_key": key}), database)
+    await _fill(first, 2)
+    await _fill(second, 2)
+    assert (await first.verify()).ok
+    assert (await second.verify()).checked == 4
+    assert not (tmp_path / "a" / "secrets" / "audit.key").exists()
+    stranger = AuditLog(Settings(data_dir=tmp_path / "c"), database)
+    assert not (await stranger.verify()).ok
+
+
+def test_a_short_audit_key_is_refused() -> None:
+    with pytest.raises(ValueError, match="audit_key must be at least 32 bytes"):
+        Settings(auth={"audit_key": "short"})

@@ -80,7 +80,11 @@ class AuditLog:
     def __init__(self, settings: Settings, db: Database) -> None:
         self.db = db
         self._key_path = settings.data_dir / "secrets" / "audit.key"
-        self._key: bytes | None = None
+        configured = settings.auth.audit_key
+        #: From the settings (shared by replicas), else the data dir's file.
+        self._key: bytes | None = (
+            configured.get_secret_value().encode() if configured is not None else None
+        )
 
     @property
     def key(self) -> bytes:

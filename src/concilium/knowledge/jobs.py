@@ -36,11 +36,11 @@ from concilium.config import Settings
 from concilium.jobs import JobContext
 from concilium.knowledge.chunking import Chunk, chunk_document, indexed_text
 from concilium.knowledge.embedders import EmbedderRegistry
-from concilium.knowledge.files import FileStore
 from concilium.knowledge.index.manager import IndexManager
 from concilium.knowledge.language import detect_language
 from concilium.knowledge.parsing import ParsedDocument, ParseError, parse_bytes
 from concilium.knowledge.settings import CollectionSettings
+from concilium.store.blobs import BlobStore
 from concilium.store.db import Database
 from concilium.store.models import (
     ChunkRecord,
@@ -91,13 +91,14 @@ class Prepared:
 
 
 def _parse_file(
-    path: str, name: str, max_bytes: int, chunk_tokens: int, overlap: int
+    source: str | bytes, name: str, max_bytes: int, chunk_tokens: int, overlap: int
 ) -> Prepared | ParseError:
     """In a parser process: the parsed, language-tagged and chunked document, or the
     error (returned: it pickles both ways). Doing the CPU work here keeps the event loop
-    free and uses every parser process."""
+    free and uses every parser process. ``source``: a local file's path, or the bytes."""
     try:
-        document = parse_bytes(Path(path).read_bytes(), name, max_bytes=max_bytes)
+        data = Path(source).read_bytes() if isinstance(source, str) else source
+        document = parse_bytes(data, name, max_bytes=max_bytes)
         language = detect_language(document.text)
         chunks = chunk_document(document, target=chunk_tokens, overlap=overlap)
         return Prepared(document, language, chunks)
@@ -139,7 +140,7 @@ class IngestRunner:
         db: Database,
         embedders: EmbedderRegistry,
         indexes: IndexManager,
-        files: FileStore,
+        files: BlobStore,
         bus: EventBus | None = None,
     ) -> None:
         self.settings = settings
@@ -273,12 +274,17 @@ class IngestRunner:
         await self._store_parsed(collection, await asyncio.gather(*(one(i) for i in items)))
 
     async def _parse(self, item: IngestItem, settings: CollectionSettings) -> Prepared | ParseError:
-        path = str(self.files.root / item.file_path)
+        local = self.files.local_path(item.file_path)
+        source = (
+            str(local)
+            if local is not None
+            else await asyncio.to_thread(self.files.get, item.file_path)
+        )
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(
             self._executor(),
             _parse_file,
-            path,
+            source,
             item.source,
             self.settings.knowledge.max_file_bytes,
             settings.chunk_tokens,

@@ -27,7 +27,6 @@ from concilium.config import Settings
 from concilium.errors import Conflict, InvalidRequest, NotFound
 from concilium.jobs import DatabaseQueue, JobQueue, JobStatus, Worker
 from concilium.knowledge.embedders import EmbedderRegistry
-from concilium.knowledge.files import FileStore
 from concilium.knowledge.index.manager import IndexManager
 from concilium.knowledge.jobs import INGEST_JOB, IngestRunner, Progress
 from concilium.knowledge.parsing import load_parsers
@@ -35,6 +34,7 @@ from concilium.knowledge.rerank import RerankerRegistry
 from concilium.knowledge.retrieval import Hit, Retriever
 from concilium.knowledge.search import Filters
 from concilium.knowledge.settings import CollectionSettings, RetrievalSettings
+from concilium.store.blobs import BlobStore, LocalBlobStore
 from concilium.store.db import Database
 from concilium.store.models import (
     ChunkRecord,
@@ -98,14 +98,17 @@ class KnowledgeService:
         queue: JobQueue | None = None,
         worker: Worker | None = None,
         bus: EventBus | None = None,
+        blobs: BlobStore | None = None,
+        indexes: IndexManager | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
         self.workspaces = workspaces
         self.embedders = embedders
         self.rerankers = rerankers
-        self.files = FileStore(settings.data_dir / "files")
-        self.indexes = IndexManager(settings.data_dir / "indexes", db, embedders.dim)
+        #: Originals: a local folder unless another ``BlobStore`` is given.
+        self.files: BlobStore = blobs or LocalBlobStore(settings.data_dir / "files")
+        self.indexes = indexes or IndexManager(settings.data_dir / "indexes", db, embedders.dim)
         self.bus: EventBus = bus or LocalBus()
         self.runner = IngestRunner(settings, db, embedders, self.indexes, self.files, self.bus)
         self.retriever = Retriever(db, embedders, self.indexes, rerankers)
@@ -438,12 +441,20 @@ class KnowledgeService:
 
     async def original(
         self, principal: Principal | None, document_id: str, version_id: str | None = None
-    ) -> tuple[DocumentVersion, Path]:
+    ) -> tuple[DocumentVersion, Path | bytes]:
+        """The version and its original: a local file when the store has one, else the
+        bytes."""
         document, versions = await self.document(principal, document_id)
         wanted = version_id or document.current_version_id
         for version in versions:
             if version.id == wanted:
-                return version, self.files.root / version.file_path
+                local = self.files.local_path(version.file_path)
+                if local is not None:
+                    return version, local
+                try:
+                    return version, await asyncio.to_thread(self.files.get, version.file_path)
+                except KeyError as exc:
+                    raise NotFound("the original of this version is gone") from exc
         raise NotFound("no such version of this document")
 
     async def delete_document(self, principal: Principal | None, document_id: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, File, Form, Path, Query, Response, UploadFile, status
 from fastapi.responses import FileResponse
@@ -476,16 +477,17 @@ async def document_file(
     principal: KnowledgeReader,
     services: ServicesDep,
     version: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
-) -> FileResponse:
+) -> Response:
     """The original file of a version, as uploaded."""
     document, _ = await services.knowledge.document(principal, document_id)
-    _, path = await services.knowledge.original(principal, document_id, version)
+    _, original = await services.knowledge.original(principal, document_id, version)
     name = document.source.replace("\\", "/").rsplit("/", 1)[-1] or "document"
+    headers = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"}
+    if isinstance(original, bytes):
+        headers["Content-Disposition"] = f"attachment; filename*=utf-8''{quote(name)}"
+        return Response(original, media_type="application/octet-stream", headers=headers)
     return FileResponse(
-        path,
-        media_type="application/octet-stream",
-        filename=name,
-        headers={"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"},
+        original, media_type="application/octet-stream", filename=name, headers=headers
     )
 
 

@@ -27,6 +27,7 @@ import structlog
 from sqlalchemy import func, select
 
 from concilium.knowledge.chunking import indexed_text
+from concilium.knowledge.index import LexicalFactory, LexicalSearch, VectorFactory, VectorSearch
 from concilium.knowledge.index.lexical import LexicalIndex
 from concilium.knowledge.index.vector import VectorIndex
 from concilium.knowledge.settings import CollectionSettings
@@ -44,16 +45,28 @@ _LOCK_POLL = 0.05
 class CollectionIndex:
     collection_id: str
     embedder: str
-    lexical: LexicalIndex
-    vector: VectorIndex
+    lexical: LexicalSearch
+    vector: VectorSearch
     applied: int
 
 
 class IndexManager:
-    def __init__(self, root: Path, db: Database, dims: Callable[[str], int]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        db: Database,
+        dims: Callable[[str], int],
+        *,
+        lexical: LexicalFactory = LexicalIndex,
+        vector: VectorFactory = VectorIndex,
+    ) -> None:
+        """``lexical`` and ``vector`` make a collection's indexes (tantivy and usearch by
+        default; any ``LexicalSearch`` / ``VectorSearch`` does)."""
         self.root = root
         self.db = db
         self._dims = dims
+        self._make_lexical = lexical
+        self._make_vector = vector
         self._open: dict[str, CollectionIndex] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -96,14 +109,15 @@ class IndexManager:
         return CollectionIndex(
             collection_id=collection.id,
             embedder=collection.embedder,
-            lexical=LexicalIndex(folder / "lexical"),
-            vector=VectorIndex(folder / "vectors.usearch", dim, precision),
+            lexical=self._make_lexical(folder / "lexical"),
+            vector=self._make_vector(folder / "vectors.usearch", dim, precision),
             applied=int(state.get("applied", 0)),
         )
 
     def _save_manifest(self, index: CollectionIndex) -> None:
         index.vector.save()
         manifest = self._manifest(index.collection_id)
+        manifest.parent.mkdir(parents=True, exist_ok=True)
         tmp = manifest.with_name("manifest.json.tmp")
         tmp.write_text(
             json.dumps(

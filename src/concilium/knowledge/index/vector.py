@@ -5,14 +5,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from usearch.index import Index
 
-__all__ = ["Precision", "VectorIndex"]
+from concilium.knowledge.index import Precision
 
-Precision = Literal["f32", "f16", "i8"]
+__all__ = ["Precision", "VectorIndex"]
 
 
 class VectorIndex:
