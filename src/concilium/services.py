@@ -16,6 +16,7 @@ from datetime import timedelta
 import numpy as np
 import structlog
 
+from concilium.agents.approvals import Approvals
 from concilium.agents.executor import ToolExecutor, build_tools
 from concilium.agents.files import WorkspaceFiles
 from concilium.auth.audit import AuditLog
@@ -73,6 +74,7 @@ class Services:
     meter: UsageMeter
     knowledge: KnowledgeService
     tools: ToolExecutor
+    approvals: Approvals
     files: WorkspaceFiles
     bus: LocalBus
     process: ProcessRegistry
@@ -142,6 +144,7 @@ class Services:
             meter=meter,
             knowledge=knowledge,
             tools=tools,
+            approvals=Approvals(settings, tools),
             files=WorkspaceFiles(
                 settings.workspaces_dir, workspaces, settings.knowledge.max_upload_bytes
             ),

@@ -13,9 +13,9 @@ from sqlalchemy import select, update
 
 from concilium.events import ApprovalRequired, Done, Event, ToolResult
 from concilium.llm.base import ChatMessage
-from concilium.orchestrator.agent import AgentMode, RunState
+from concilium.orchestrator.agent import RunState
 from concilium.orchestrator.engine import AnswerRequest
-from concilium.services import Services, running_services
+from concilium.services import running_services
 from concilium.store.models import AgentApproval, AuditEntry, utcnow
 from tests.conftest import SettingsFactory
 from tests.support.fake_llm_servers import Behaviour, FakeOpenAI
@@ -36,12 +36,6 @@ def _scripted(url: str) -> dict[str, Any]:
 
 def _step(action: str, **fields: Any) -> Behaviour:
     return Behaviour(text=json.dumps({"thought": f"use {action}", "action": action, **fields}))
-
-
-def _agent(services: Services) -> AgentMode:
-    mode = services.orchestrator.modes["agent"]
-    assert isinstance(mode, AgentMode)
-    return mode
 
 
 def _personal_workspace(live: Live) -> str:
@@ -179,9 +173,9 @@ def test_a_denied_call_never_runs_and_the_agent_is_told_why(
             assert done.finish_reason == "approval_required"
             assert done.extra["approval_id"] == paused.id
 
-            agent = _agent(services)
-            approval = await agent.decide(paused.id, None, approve=False, reason="not today")
-            resumption = await agent.resumption(approval, approved=False, reason="not today")
+            approvals = services.approvals
+            approval = await approvals.decide(paused.id, None, approve=False, reason="not today")
+            resumption = await approvals.resumption(approval, approved=False, reason="not today")
             prepared = await services.orchestrator.prepare(
                 AnswerRequest(RunState.from_json(approval.state).messages, mode="agent"),
                 context=resumption,

@@ -23,7 +23,7 @@ from concilium.events import (
 )
 from concilium.knowledge.service import Upload
 from concilium.llm.base import ChatMessage
-from concilium.orchestrator.agent import AgentMode, RunState, StepMarkupFilter, parse_step
+from concilium.orchestrator.agent import RunState, StepMarkupFilter, parse_step
 from concilium.orchestrator.engine import AnswerRequest
 from concilium.services import Services, running_services
 from concilium.store.models import AuditEntry, Workspace
@@ -475,10 +475,8 @@ async def test_a_native_run_pauses_and_resumes_with_tool_messages(
     async with running_services(settings) as services:
         events = await _run(services, "say hi in the shell")
         paused = next(e for e in events if isinstance(e, ApprovalRequired))
-        agent = services.orchestrator.modes["agent"]
-        assert isinstance(agent, AgentMode)
-        approval = await agent.decide(paused.id, None, approve=True)
-        resumption = await agent.resumption(approval, approved=True)
+        approval = await services.approvals.decide(paused.id, None, approve=True)
+        resumption = await services.approvals.resumption(approval, approved=True)
         state = RunState.from_json(approval.state)
         assert state.native
         prepared = await services.orchestrator.prepare(

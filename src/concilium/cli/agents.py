@@ -91,11 +91,9 @@ async def _agent(settings: Settings, task: str, model: str, as_json: bool, yes: 
 
 async def _resumed(services: Any, approval_id: str, approve: bool, reason: str) -> Any:
     """The run of an approval, decided by the operator, ready to go on."""
-    from concilium.orchestrator.agent import AgentMode
-
-    agent = services.orchestrator.modes["agent"]
-    assert isinstance(agent, AgentMode)
-    request, resumption = await agent.decided(approval_id, None, approve=approve, reason=reason)
+    request, resumption = await services.approvals.decided(
+        approval_id, None, approve=approve, reason=reason
+    )
     return await services.orchestrator.prepare(request, context=resumption)
 
 
@@ -157,13 +155,10 @@ def approvals_list(
 
 
 async def _approvals_list(settings: Settings, status: str) -> None:
-    from concilium.orchestrator.agent import AgentMode
     from concilium.services import running_services
 
     async with running_services(settings) as services:
-        agent = services.orchestrator.modes["agent"]
-        assert isinstance(agent, AgentMode)
-        rows = await agent.list_approvals(None, status=None if status == "all" else status)
+        rows = await services.approvals.list(None, status=None if status == "all" else status)
     table = Table("id", "status", "tool", "arguments", "created", "expires")
     for row in rows:
         table.add_row(

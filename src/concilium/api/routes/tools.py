@@ -25,7 +25,6 @@ from concilium.events import (
     ToolResult,
     event_to_dict,
 )
-from concilium.orchestrator.agent import AgentMode
 from concilium.services import Services
 from concilium.store.models import AgentApproval
 
@@ -101,12 +100,6 @@ class ResumedOut(BaseModel):
 ApprovalId = Annotated[str, Path(pattern=ID_PATTERN, description="Approval id.")]
 
 
-def _agent(services: Services) -> AgentMode:
-    mode = services.orchestrator.modes.get("agent")
-    assert isinstance(mode, AgentMode)
-    return mode
-
-
 @router.get("/agent/approvals", response_model=list[ApprovalOut])
 async def list_approvals(
     principal: ChatPrincipal,
@@ -118,7 +111,7 @@ async def list_approvals(
 ) -> list[AgentApproval]:
     """Paused tool calls the caller may see: from their own runs, and from every run in
     the workspaces they administer."""
-    return await _agent(services).list_approvals(
+    return await services.approvals.list(
         principal, status=None if status == "all" else status, limit=limit
     )
 
@@ -127,7 +120,7 @@ async def list_approvals(
 async def get_approval(
     approval_id: ApprovalId, principal: ChatPrincipal, services: ServicesDep
 ) -> AgentApproval:
-    return await _agent(services).get_approval(approval_id, principal)
+    return await services.approvals.get(approval_id, principal)
 
 
 DECISION_RESPONSES: dict[int | str, dict[str, object]] = {
@@ -181,11 +174,10 @@ async def _decide(
     *,
     approve: bool,
 ) -> ResumedOut | StreamingResponse:
-    agent = _agent(services)
-    pending = await agent.get_approval(approval_id, principal)  # 404 before anything
+    pending = await services.approvals.get(approval_id, principal)  # 404 before anything
     principal.require(Scope.TOOLS)
     services.router.resolve(pending.model)  # a model gone since is a 4xx, not a lost decision
-    resumed, resumption = await agent.decided(
+    resumed, resumption = await services.approvals.decided(
         approval_id, principal, approve=approve, reason=body.reason
     )
     prepared = await services.orchestrator.prepare(resumed, context=resumption)
