@@ -19,6 +19,7 @@ __all__ = [
     "QuotaExceeded",
     "TooManyRequests",
     "Unauthorized",
+    "error_class",
 ]
 
 
@@ -78,8 +79,11 @@ class TooManyRequests(ConciliumError):
     code = "rate_limited"
     title = "Too many requests"
 
-    def __init__(self, detail: str = "", *, retry_after: float, **extra: object) -> None:
+    def __init__(
+        self, detail: str = "", *, retry_after: float | None = None, **extra: object
+    ) -> None:
         super().__init__(detail, **extra)
+        #: Seconds until a retry may succeed (the Retry-After header), when known.
         self.retry_after = retry_after
 
 
@@ -154,3 +158,16 @@ class AgentOutputInvalid(BackendError):
 
     status = 502
     code = "agent_output_invalid"
+
+
+def error_class(code: str) -> type[ConciliumError]:
+    """The error class of a code, among every ``ConciliumError`` subclass (of any module):
+    a stream's error event becomes the same exception, status and body again at the edge.
+    A subclass that keeps its parent's code maps to the parent."""
+    found: dict[str, type[ConciliumError]] = {}
+    pending: list[type[ConciliumError]] = [ConciliumError]
+    while pending:
+        cls = pending.pop(0)
+        found.setdefault(cls.code, cls)
+        pending.extend(cls.__subclasses__())
+    return found.get(code, ConciliumError)

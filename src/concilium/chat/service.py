@@ -701,21 +701,6 @@ def _params_record(params: GenerationParams) -> dict[str, Any]:
     return {k: v for k, v in asdict(params).items() if v not in (None, (), [])}
 
 
-_ERRORS_BY_CODE: dict[str, type[ConciliumError]] = {
-    cls.code: cls
-    for cls in (
-        errors.AgentOutputInvalid,
-        errors.BudgetExceeded,
-        errors.BackendTimeout,
-        errors.BackendUnavailable,
-        errors.ModelNotInstalled,
-        errors.BackendError,
-        errors.InvalidRequest,
-        errors.NotFound,
-    )
-}
-
-
 def error_for(event: ErrorEvent) -> ConciliumError:
     """The exception matching an error event, to answer a non-streamed request."""
-    return _ERRORS_BY_CODE.get(event.code, ConciliumError)(event.message)
+    return errors.error_class(event.code)(event.message)
