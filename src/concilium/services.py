@@ -96,7 +96,6 @@ class Services:
         queue = DatabaseQueue(db)
         worker = Worker(queue, process.id, bus=bus)
         scheduler = Scheduler(db, queue, process.id)
-        _housekeeping(queue, worker, scheduler)
         backends = build_backends(settings)
         cache = ResponseCache(settings.cache, db, metrics)
         router = Router(settings, backends, cache, metrics)
@@ -128,6 +127,8 @@ class Services:
                 router,
             )
             orchestrator.auto = IntentRouting(settings, classifier, rag)
+        chat = ChatService(settings, db, orchestrator, metrics, workspaces, process, bus)
+        _housekeeping(queue, worker, scheduler, chat, knowledge)
         return cls(
             settings=settings,
             db=db,
@@ -136,7 +137,7 @@ class Services:
             cache=cache,
             router=router,
             orchestrator=orchestrator,
-            chat=ChatService(settings, db, orchestrator, metrics, workspaces, process, bus),
+            chat=chat,
             audit=audit,
             auth=AuthService(settings, db, audit),
             workspaces=workspaces,
@@ -202,14 +203,34 @@ class Services:
         log.info("services_stopped")
 
 
-def _housekeeping(queue: DatabaseQueue, worker: Worker, scheduler: Scheduler) -> None:
-    """Finished jobs are kept a week (the dead letter too), then forgotten, hourly."""
+def _housekeeping(
+    queue: DatabaseQueue,
+    worker: Worker,
+    scheduler: Scheduler,
+    chat: ChatService,
+    knowledge: KnowledgeService,
+) -> None:
+    """The server's recurring work: answers of processes that died become incomplete,
+    unfinished ingestion jobs keep a queue entry (every minute); finished jobs are kept a
+    week (the dead letter too), these schedules' own a day, then forgotten (hourly)."""
+
+    async def recover(context: JobContext) -> None:
+        context.report(recovered=await chat.recover())
+
+    async def reconcile(context: JobContext) -> None:
+        context.report(requeued=await knowledge.reconcile())
 
     async def prune(context: JobContext) -> None:
-        context.report(pruned=await queue.prune(timedelta(days=7)))
+        ticks = await queue.prune(timedelta(days=1), key_prefix="schedule:")
+        context.report(pruned=ticks + await queue.prune(timedelta(days=7)))
 
-    worker.register("jobs.prune", prune)
-    scheduler.add(Schedule("jobs.prune", 3600, "jobs.prune"))
+    for name, every, handler in (
+        ("answers.recover", 60, recover),
+        ("knowledge.reconcile", 60, reconcile),
+        ("jobs.prune", 3600, prune),
+    ):
+        worker.register(name, handler)
+        scheduler.add(Schedule(name, every, name))
 
 
 def _vectoriser(knowledge: KnowledgeService, embedder: str) -> Vectorise:

@@ -16,7 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import delete, select, text, update
 
 from concilium.bus import DomainEvent, JobFailed, LocalBus
 from concilium.jobs import DatabaseQueue, JobContext, JobStatus, Worker
@@ -336,3 +336,76 @@ async def test_the_scheduler_enqueues_each_tick_once(
     tick = schedules[0].tick(utcnow())
     assert tick.minute == tick.second == 0
     assert await queue.find(f"schedule:hourly:{tick.isoformat()}") is not None
+
+
+async def test_a_stale_claim_cannot_finish_the_next_attempt(
+    queue: DatabaseQueue, database: Database
+) -> None:
+    job = await queue.enqueue("k")
+    assert job is not None
+    first = await queue.claim("p", ["k"], lease=30)
+    assert first is not None
+    async with database.session() as s:  # its lease ran out while it still ran
+        await s.execute(
+            update(JobRecord)
+            .where(JobRecord.id == job.id)
+            .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
+    second = await queue.claim("p", ["k"], lease=30)  # the same process, claiming again
+    assert second is not None
+    assert second.attempts == 2
+    assert not await queue.heartbeat(first, "p", 30)
+    assert not await queue.complete(first, "p")
+    assert (await queue.get(job.id)).status == JobStatus.RUNNING  # type: ignore[union-attr]
+    assert await queue.complete(second, "p")
+
+
+async def test_a_failing_heartbeat_is_tried_again_and_the_job_still_ends(
+    database: Database,
+) -> None:
+    class Flaky(DatabaseQueue):
+        failures = 2
+
+        async def heartbeat(self, *args: object, **kwargs: object) -> bool:
+            if self.failures:
+                self.failures -= 1
+                raise OSError("database is locked")
+            return await super().heartbeat(*args, **kwargs)  # type: ignore[arg-type]
+
+    queue = Flaky(database)
+
+    async def slow(context: JobContext) -> None:
+        await asyncio.sleep(1.0)
+
+    job = await queue.enqueue("slow")
+    assert job is not None
+    assert await Worker(queue, "w", {"slow": slow}, lease=0.6).run_one()
+    assert (await queue.get(job.id)).status == JobStatus.DONE  # type: ignore[union-attr]
+    assert queue.failures == 0
+
+
+async def test_a_process_gone_from_this_machine_is_dead_at_once(database: Database) -> None:
+    from concilium.jobs.processes import ProcessRegistry, _host
+    from concilium.store.models import ProcessRecord
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    async with database.session() as s:
+        s.add(ProcessRecord(id="gone", role="cli", host=_host(), pid=gone.pid))
+        s.add(ProcessRecord(id="elsewhere", role="server", host="other/1", pid=gone.pid))
+    registry = ProcessRegistry(database, "server", interval=0.05)
+    await registry.start()
+    try:
+        assert await registry.alive() == {registry.id, "elsewhere"}
+        async with database.session() as s:  # forgotten by another process: it comes back
+            await s.execute(delete(ProcessRecord).where(ProcessRecord.id == registry.id))
+        await _until(lambda: _registered(database, registry.id), 5)
+    finally:
+        await registry.stop()
+
+
+async def _registered(database: Database, process_id: str) -> bool:
+    from concilium.store.models import ProcessRecord
+
+    async with database.reader() as s:
+        return await s.get(ProcessRecord, process_id) is not None

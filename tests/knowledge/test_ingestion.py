@@ -118,6 +118,24 @@ async def test_documents_added_updated_and_removed_are_told_on_the_bus(knowledge
     )
 
 
+async def test_an_unfinished_job_without_a_live_queue_entry_is_requeued(knowledge: Knowledge):
+    """The entry finished (a retry raced it) or was never written (a crash between the
+    two commits): reconciliation, at start and every minute, queues it again."""
+    cid = await knowledge.collection()
+    job = await knowledge.service.ingest(None, cid, [Upload("a.txt", b"Boiler in October.")])
+    queue = knowledge.service.queue
+    entry = await queue.find(f"ingest:{job.id}")
+    assert entry is not None
+    assert await knowledge.service.reconcile() == 0
+    claimed = await queue.claim("gone", [entry.kind], lease=30)
+    assert claimed is not None
+    assert await queue.complete(claimed, "gone")  # done, though the ingestion is not
+    assert await knowledge.service.reconcile() == 1
+    assert (await queue.find(f"ingest:{job.id}")).status == "queued"  # type: ignore[union-attr]
+    assert await knowledge.service.worker.run_one()
+    assert (await knowledge.service.job(None, job.id)).job.status == "completed"
+
+
 async def test_delete_document_leaves_the_indexes(knowledge: Knowledge):
     cid = await knowledge.collection()
     job = await knowledge.service.ingest(

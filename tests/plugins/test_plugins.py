@@ -31,24 +31,30 @@ def _package(root: Path, name: str, entry_points: str, module: str) -> Path:
     return root
 
 
+def _forget_parsers(extensions: dict[str, str]) -> None:
+    """The next load sees exactly what is installed now."""
+    parsing._PARSERS.clear()
+    parsing._EXTENSIONS.clear()
+    parsing._EXTENSIONS.update(extensions)
+    parsing._LOADED = False
+
+
 @pytest.fixture
 def installed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no-untyped-def]
     """``installed(name, entry_points, module)`` puts a plugin package on the path."""
+    parsing.load_parsers()
+    extensions = dict(parsing._EXTENSIONS)
 
     def install(name: str, entry_points: str, module: str) -> Path:
         root = _package(tmp_path / name, name, entry_points, module)
         monkeypatch.delitem(sys.modules, name, raising=False)  # one module, fresh each test
         monkeypatch.syspath_prepend(str(root))
         importlib.invalidate_caches()
+        _forget_parsers(extensions)
         return root
 
-    extensions = dict(parsing._EXTENSIONS)
     yield install
-    # The plugin's formats leave with it: the next load sees only what is installed.
-    parsing._PARSERS.clear()
-    parsing._EXTENSIONS.clear()
-    parsing._EXTENSIONS.update(extensions)
-    parsing._LOADED = False
+    _forget_parsers(extensions)  # the plugin's formats leave with it
 
 
 NOTE_PLUGIN = """

@@ -9,6 +9,7 @@ and an honest status.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -387,6 +388,11 @@ class ChatService:
         tasks = [g.task for g in live if g.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
 
     async def recover(self) -> int:
         """Answers whose writing process died become incomplete (keeping their text)."""
@@ -546,7 +552,7 @@ class ChatService:
         generation.task = loop.create_task(
             self._run(generation, prepared, steps), name=f"generation-{generation.message_id}"
         )
-        if self._watcher is None:
+        if self._watcher is None or self._watcher.done():
             self._watcher = loop.create_task(self._watch_cancels(), name="cancel-watch")
         self.bus.publish(
             AnswerStarted(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
 from datetime import datetime, timedelta
@@ -23,6 +24,16 @@ __all__ = ["ProcessRegistry"]
 log = structlog.get_logger(__name__)
 
 
+@functools.cache
+def _host() -> str:
+    """This machine and PID namespace: pids are only comparable within one."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return f"{socket.gethostname()[:200]}/{namespace}"
+
+
 class ProcessRegistry:
     def __init__(self, db: Database, role: str, interval: float = 5.0, expiry: float = 30.0):
         self.db = db
@@ -35,13 +46,12 @@ class ProcessRegistry:
     async def start(self) -> None:
         if self._task is not None:
             return
-        async with self.db.session() as s:
-            s.add(
-                ProcessRecord(
-                    id=self.id, role=self.role, host=socket.gethostname()[:255], pid=os.getpid()
-                )
-            )
+        await self._register()
         self._task = asyncio.get_running_loop().create_task(self._beat(), name="heartbeat")
+
+    async def _register(self) -> None:
+        async with self.db.session() as s:
+            s.add(ProcessRecord(id=self.id, role=self.role, host=_host(), pid=os.getpid()))
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -58,11 +68,16 @@ class ProcessRegistry:
             await asyncio.sleep(self.interval)
             try:
                 async with self.db.session() as s:
-                    await s.execute(
+                    beat = await s.execute(
                         update(ProcessRecord)
                         .where(ProcessRecord.id == self.id)
                         .values(heartbeat_at=utcnow())
                     )
+                if not beat.rowcount:  # type: ignore[attr-defined]
+                    # Paused so long (a suspended machine) that another process forgot
+                    # this one: it is back, and says so.
+                    await self._register()
+                async with self.db.session() as s:
                     # The dead are forgotten after ten expiries (their rows only say so).
                     await s.execute(
                         delete(ProcessRecord).where(
@@ -76,9 +91,27 @@ class ProcessRegistry:
         return utcnow() - timedelta(seconds=self.expiry if expiry is None else expiry)
 
     async def alive(self) -> set[str]:
-        """The ids of the processes whose heartbeat has not expired (this one included)."""
+        """The ids of the processes whose heartbeat has not expired (this one included),
+        less those of this machine whose pid no longer exists (a crash just before a quick
+        restart: no need to wait for the expiry)."""
         async with self.db.reader() as s:
-            ids = await s.scalars(
-                select(ProcessRecord.id).where(ProcessRecord.heartbeat_at >= self.cutoff())
-            )
-            return {*ids, self.id}
+            rows = (
+                await s.execute(
+                    select(ProcessRecord.id, ProcessRecord.host, ProcessRecord.pid).where(
+                        ProcessRecord.heartbeat_at >= self.cutoff()
+                    )
+                )
+            ).all()
+        return {
+            process_id for process_id, host, pid in rows if host != _host() or _running(pid)
+        } | {self.id}
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's: it exists
+    return True

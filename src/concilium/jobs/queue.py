@@ -110,7 +110,9 @@ class JobQueue(Protocol):
         cancellation was asked for: the worker stops."""
         ...
 
-    async def complete(self, job: Job, owner: str) -> None: ...
+    async def complete(self, job: Job, owner: str) -> bool:
+        """False when the job was no longer this claim's (its lease expired)."""
+        ...
 
     async def fail(self, job: Job, owner: str, error: str) -> str:
         """Requeued after a backoff, or ``failed`` once attempts are exhausted: the
@@ -131,7 +133,7 @@ class JobQueue(Protocol):
         with fresh attempts."""
         ...
 
-    async def prune(self, older_than: timedelta) -> int: ...
+    async def prune(self, older_than: timedelta, key_prefix: str | None = None) -> int: ...
 
     async def get(self, job_id: str) -> Job | None: ...
 
@@ -237,6 +239,7 @@ class DatabaseQueue:
                 .where(
                     JobRecord.id == job.id,
                     JobRecord.lease_owner == owner,
+                    JobRecord.attempts == job.attempts,  # this claim, not a later one
                     JobRecord.status == JobStatus.RUNNING,
                 )
                 .values(**values)
@@ -249,13 +252,20 @@ class DatabaseQueue:
         async with self.db.session() as s:
             result = await s.execute(
                 update(JobRecord)
-                .where(JobRecord.id == job.id, JobRecord.lease_owner == owner)
+                .where(
+                    JobRecord.id == job.id,
+                    JobRecord.lease_owner == owner,
+                    JobRecord.attempts == job.attempts,
+                    JobRecord.status == JobStatus.RUNNING,
+                )
                 .values(lease_owner=None, lease_expires_at=None, **values)
             )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    async def complete(self, job: Job, owner: str) -> None:
-        await self._finish(job, owner, status=JobStatus.DONE, finished_at=utcnow(), error=None)
+    async def complete(self, job: Job, owner: str) -> bool:
+        return await self._finish(
+            job, owner, status=JobStatus.DONE, finished_at=utcnow(), error=None
+        )
 
     async def fail(self, job: Job, owner: str, error: str) -> str:
         current = await self.get(job.id)
@@ -324,15 +334,17 @@ class DatabaseQueue:
             )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    async def prune(self, older_than: timedelta) -> int:
-        """Forget jobs finished longer ago than ``older_than`` (the dead letter included)."""
+    async def prune(self, older_than: timedelta, key_prefix: str | None = None) -> int:
+        """Forget jobs finished longer ago than ``older_than`` (the dead letter included),
+        or only those whose key starts with ``key_prefix``."""
+        query = delete(JobRecord).where(
+            JobRecord.status.in_(JobStatus.FINISHED),
+            JobRecord.finished_at < utcnow() - older_than,
+        )
+        if key_prefix is not None:
+            query = query.where(JobRecord.key.startswith(key_prefix, autoescape=True))
         async with self.db.session() as s:
-            result = await s.execute(
-                delete(JobRecord).where(
-                    JobRecord.status.in_(JobStatus.FINISHED),
-                    JobRecord.finished_at < utcnow() - older_than,
-                )
-            )
+            result = await s.execute(query)
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     async def get(self, job_id: str) -> Job | None:

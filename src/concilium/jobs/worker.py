@@ -59,6 +59,37 @@ class Worker:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
+    async def _watch(self, job: Job, context: JobContext, task: asyncio.Task[None]) -> str | None:
+        """Renew the lease while the handler runs: None when it ended by itself, "cancel"
+        when cancellation was asked for, "lease" when the job is no longer ours. A failed
+        renewal (the database busy a moment) is tried again at the next beat; the lease
+        has two more beats before it expires."""
+        reported = dict(context.progress)
+        while not task.done():
+            await asyncio.wait({task}, timeout=self.lease / 3)
+            if task.done():
+                return None
+            progress = dict(context.progress)
+            try:
+                ours = await self.queue.heartbeat(job, self.owner, self.lease, progress)
+                current = None if ours else await self.queue.get(job.id)
+            except Exception:
+                log.warning("job_heartbeat_failed", job_id=job.id, exc_info=True)
+                continue
+            if not ours:
+                asked = (
+                    current is not None
+                    and current.lease_owner == self.owner
+                    and current.attempts == job.attempts
+                    and current.cancel_requested
+                )
+                await _stop(task)
+                return "cancel" if asked else "lease"
+            if progress != reported:
+                reported = progress
+                self.bus.publish(JobProgressed(job_id=job.id, kind=job.kind, progress=progress))
+        return None
+
     def register(self, kind: str, handler: Handler) -> None:
         self.handlers[kind] = handler
 
@@ -115,36 +146,17 @@ class Worker:
         task = asyncio.get_running_loop().create_task(handler(context), name=f"job-{job.id}")
         log.info("job_started", job_id=job.id, kind=job.kind, attempt=job.attempts)
         stopped_by: str | None = None
-        reported = dict(context.progress)
         try:
-            while not task.done():
-                await asyncio.wait({task}, timeout=self.lease / 3)
-                if task.done():
-                    break
-                progress = dict(context.progress)
-                if not await self.queue.heartbeat(job, self.owner, self.lease, progress):
-                    current = await self.queue.get(job.id)
-                    asked = (
-                        current is not None
-                        and current.lease_owner == self.owner
-                        and current.cancel_requested
-                    )
-                    stopped_by = "cancel" if asked else "lease"
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-                    break
-                if progress != reported:
-                    reported = progress
-                    self.bus.publish(JobProgressed(job_id=job.id, kind=job.kind, progress=progress))
+            stopped_by = await self._watch(job, context, task)
         except asyncio.CancelledError:
             # The worker stops: the job goes back to the queue for whoever comes next.
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await _stop(task)
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.queue.release(job, self.owner))
             raise
+        finally:
+            if not task.done():  # never a handler left running without its lease
+                await _stop(task)
         if stopped_by == "cancel":
             await self.queue.cancelled(job, self.owner)
             log.info("job_cancelled", job_id=job.id, kind=job.kind)
@@ -152,20 +164,26 @@ class Worker:
         if stopped_by == "lease":
             log.warning("job_lease_lost", job_id=job.id, kind=job.kind)
             return
-        error = task.exception()
+        error: BaseException | None = (
+            RuntimeError("the handler was cancelled") if task.cancelled() else task.exception()
+        )
         if error is None:
             await self.queue.heartbeat(job, self.owner, self.lease, context.progress)
-            await self.queue.complete(job, self.owner)
-            log.info("job_done", job_id=job.id, kind=job.kind)
-            self.bus.publish(JobDone(job_id=job.id, kind=job.kind))
+            if await self.queue.complete(job, self.owner):
+                log.info("job_done", job_id=job.id, kind=job.kind)
+                self.bus.publish(JobDone(job_id=job.id, kind=job.kind))
             return
         message = f"{type(error).__name__}: {error}"
         status = await self.queue.fail(job, self.owner, message)
-        self.bus.publish(
-            JobFailed(
-                job_id=job.id, kind=job.kind, error=message, retrying=status == JobStatus.QUEUED
+        if status in (JobStatus.QUEUED, JobStatus.FAILED):
+            self.bus.publish(
+                JobFailed(
+                    job_id=job.id,
+                    kind=job.kind,
+                    error=message,
+                    retrying=status == JobStatus.QUEUED,
+                )
             )
-        )
         log.warning(
             "job_failed",
             job_id=job.id,
@@ -176,3 +194,9 @@ class Worker:
         )
         if status == JobStatus.QUEUED:
             self.notify()
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task

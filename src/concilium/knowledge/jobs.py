@@ -36,7 +36,7 @@ from concilium.config import Settings
 from concilium.jobs import JobContext
 from concilium.knowledge.chunking import Chunk, chunk_document, indexed_text
 from concilium.knowledge.embedders import EmbedderRegistry
-from concilium.knowledge.index.manager import IndexManager
+from concilium.knowledge.index.manager import IndexManager, lock_index_log
 from concilium.knowledge.language import detect_language
 from concilium.knowledge.parsing import ParsedDocument, ParseError, parse_bytes
 from concilium.knowledge.settings import CollectionSettings
@@ -165,7 +165,12 @@ class IngestRunner:
         worker that dies mid-job leaves it to the next claim, which resumes it."""
         job_id = str(context.job.payload["ingest_job_id"])
         try:
-            await self.run_job(job_id)
+            # A retry of failed files while the job runs puts it back to "queued": the
+            # run stops, and this goes on with them.
+            while True:
+                await self.run_job(job_id)
+                if await self._status(job_id) != "queued":
+                    return
         except Exception as exc:
             log.exception("ingest_job_crashed", job_id=job_id)
             await self._finish(job_id, "failed", f"{type(exc).__name__}: {exc}")
@@ -470,6 +475,7 @@ class IngestRunner:
         for start in range(0, len(ready), _ACTIVATE_BATCH):
             activated: list[DomainEvent] = []
             async with self._write_lock, self.db.session() as s:
+                await lock_index_log(s, collection.id)
                 for item in ready[start : start + _ACTIVATE_BATCH]:
                     event = await self._activate_one(s, collection, item.id)
                     if event is not None:
@@ -536,6 +542,7 @@ class IngestRunner:
         if await self._status(job_id) != "running":
             return
         async with self.db.session() as s:
+            await lock_index_log(s, collection.id)
             fresh = await s.get(Collection, collection.id)
             if fresh is not None:
                 fresh.embedder = target

@@ -27,7 +27,7 @@ from concilium.config import Settings
 from concilium.errors import Conflict, InvalidRequest, NotFound
 from concilium.jobs import DatabaseQueue, JobQueue, JobStatus, Worker
 from concilium.knowledge.embedders import EmbedderRegistry
-from concilium.knowledge.index.manager import IndexManager
+from concilium.knowledge.index.manager import IndexManager, lock_index_log
 from concilium.knowledge.jobs import INGEST_JOB, IngestRunner, Progress
 from concilium.knowledge.parsing import load_parsers
 from concilium.knowledge.rerank import RerankerRegistry
@@ -121,18 +121,28 @@ class KnowledgeService:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Unfinished ingestion jobs without a queued job (queued by a process that died
-        before enqueueing, or before the queue existed) are put on the queue. Parser
-        plugins load now: an unusable one stops the start, not each file's parse."""
+        """Parser plugins load now (an unusable one stops the start, not each file's
+        parse), and unfinished ingestion jobs are put back on the queue."""
         load_parsers()
+        await self.reconcile()
+
+    async def reconcile(self) -> int:
+        """Every unfinished ingestion job has a live queue entry: one whose process died
+        between its two commits, or that was retried while its entry was finishing, gets
+        one again (at start, and every minute on the server). The number requeued."""
         async with self.db.reader() as s:
             unfinished = (
                 await s.scalars(
                     select(IngestJob.id).where(IngestJob.status.in_(("queued", "running")))
                 )
             ).all()
+        requeued = 0
         for job_id in unfinished:
-            await self.queue.enqueue(INGEST_JOB, {"ingest_job_id": job_id}, key=_key(job_id))
+            queued = await self.queue.find(_key(job_id))
+            if queued is None or queued.status in JobStatus.FINISHED:
+                await self._enqueue(job_id)
+                requeued += 1
+        return requeued
 
     async def stop(self) -> None:
         await self.runner.stop()
@@ -462,6 +472,7 @@ class KnowledgeService:
         (other versions or documents may share it)."""
         document, _ = await self.document(principal, document_id, Role.MEMBER)
         async with self.db.session() as s:
+            await lock_index_log(s, document.collection_id)
             ids = (
                 await s.scalars(
                     select(ChunkRecord.id).where(

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import structlog
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from concilium.knowledge.chunking import indexed_text
 from concilium.knowledge.index import LexicalFactory, LexicalSearch, VectorFactory, VectorSearch
@@ -34,11 +35,24 @@ from concilium.knowledge.settings import CollectionSettings
 from concilium.store.db import Database
 from concilium.store.models import ChunkRecord, Collection, Embedding, IndexOp
 
-__all__ = ["CollectionIndex", "IndexManager"]
+__all__ = ["CollectionIndex", "IndexManager", "lock_index_log"]
 
 log = structlog.get_logger(__name__)
 _BATCH = 2000
 _LOCK_POLL = 0.05
+_LOG_LOCK_SPACE = 0x696F7073  # advisory lock space of the index operation logs
+
+
+async def lock_index_log(session: AsyncSession, collection_id: str) -> None:
+    """Call before adding a collection's ``index_ops`` in a transaction. PostgreSQL hands
+    out sequence numbers at insert, not at commit: two processes writing one collection's
+    log could commit out of order, and a catch-up between the two commits would skip the
+    lower number for ever. They take turns instead (SQLite writers always do)."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(
+            text("SELECT pg_advisory_xact_lock(:space, :key)"),
+            {"space": _LOG_LOCK_SPACE, "key": int(collection_id[:7], 16)},
+        )
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any
 
 from concilium.knowledge.parsing.base import Block, ParsedDocument, ParseError
 from concilium.knowledge.parsing.text import parse_code
-from concilium.plugins import load
+from concilium.plugins import PluginError, load
 
 __all__ = [
     "Block",
@@ -131,7 +131,13 @@ def load_parsers() -> None:
     global _LOADED
     if _LOADED:
         return
-    for name, (_, parser) in load("parsers", _check).items():
+    found = load("parsers", _check)
+    if not found:
+        raise PluginError(
+            "no parser is installed, not even the built-ins: Concilium's entry points are "
+            "missing (reinstall it: make install, or pip install -e .)"
+        )
+    for name, (_, parser) in found.items():
         _PARSERS.setdefault(name, parser)
         for extension in getattr(parser, "extensions", ()):
             _EXTENSIONS.setdefault(extension.lower(), name)
@@ -189,8 +195,10 @@ def parse_bytes(data: bytes, filename: str, *, max_bytes: int) -> ParsedDocument
     kind = detect_format(filename, data)
     if kind.startswith("code:"):
         parser: Parser = partial(parse_code, language=kind.split(":", 1)[1])
-    else:
+    elif kind in _PARSERS:
         parser = _PARSERS[kind]
+    else:
+        raise ParseError("unsupported", f"no parser for {kind} files is installed")
     try:
         document = parser(data)
     except ParseError:
