@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -11,9 +12,9 @@ import pytest
 from tests.support.fake_llm_servers import FakeOpenAI
 from tests.support.live import PASSWORD, Live, remote_backend
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
-# One Redis database, emptied by these tests: they run in one test worker.
-pytestmark = pytest.mark.xdist_group("redis-db-15")
+# A Redis database of its own per test worker (pytest-xdist), emptied by these tests.
+REDIS_DB = str(15 - int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")))
+REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 HELLO = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -22,9 +23,9 @@ def store(request: pytest.FixtureRequest) -> Iterator[str]:
     if request.param == "memory":
         yield "memory://"
         return
-    subprocess.run(["redis-cli", "-n", "15", "flushdb"], check=True, capture_output=True)
+    subprocess.run(["redis-cli", "-n", REDIS_DB, "flushdb"], check=True, capture_output=True)
     yield REDIS_URL
-    subprocess.run(["redis-cli", "-n", "15", "flushdb"], check=True, capture_output=True)
+    subprocess.run(["redis-cli", "-n", REDIS_DB, "flushdb"], check=True, capture_output=True)
 
 
 def _limits(store: str, **limits: int) -> dict[str, Any]:
@@ -93,7 +94,7 @@ def test_replicas_share_their_limits_through_redis(
     from concilium.services import Services
     from tests.support.servers import serve_app
 
-    subprocess.run(["redis-cli", "-n", "15", "flushdb"], check=True, capture_output=True)
+    subprocess.run(["redis-cli", "-n", REDIS_DB, "flushdb"], check=True, capture_output=True)
     settings = make_settings(
         data_dir=tmp_path / "shared",
         backends={"r": remote_backend(fake_openai[1])},
@@ -113,7 +114,7 @@ def test_replicas_share_their_limits_through_redis(
             ]
             assert codes == [200, 200, 200, 200, 429]
         live.close()
-    subprocess.run(["redis-cli", "-n", "15", "flushdb"], check=True, capture_output=True)
+    subprocess.run(["redis-cli", "-n", REDIS_DB, "flushdb"], check=True, capture_output=True)
 
 
 # -- quotas -----------------------------------------------------------------------------
