@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 __all__ = [
+    "AGENT_STEPS",
+    "AnswerRecord",
     "ApprovalRequired",
     "BackendSelected",
     "Done",
@@ -231,3 +233,71 @@ def event_to_dict(event: Event) -> dict[str, Any]:
     if isinstance(event, Usage):
         data["total_tokens"] = event.total_tokens
     return data
+
+
+#: The agent's work: what it thought, called and observed, and where it paused.
+AGENT_STEPS = (Thought, ToolCall, ToolResult, ApprovalRequired)
+
+
+@dataclass(slots=True)
+class AnswerRecord:
+    """A stream folded into what it produced. Every consumer that needs the whole answer
+    (the stored message, the OpenAI non-streamed reply, the API's JSON answers, the CLI's
+    summary) observes the events here instead of folding them by hand."""
+
+    parts: list[str] = field(default_factory=list)
+    usage: Usage | None = None
+    backend: BackendSelected | None = None
+    sources: Sources | None = None
+    route: RouteChosen | None = None
+    reformulated: Reformulated | None = None
+    #: How the answer was made, in order: route, reformulation, consensus workers (their
+    #: results, not their starts), the agent's steps.
+    steps: list[Event] = field(default_factory=list)
+    finish_reason: str | None = None
+    error: ErrorEvent | None = None
+    #: What the mode added to ``Done`` (cited passages, the consensus summary, …).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def observe(self, event: Event) -> None:
+        if isinstance(event, Token):
+            self.parts.append(event.text)
+        elif isinstance(event, Usage):
+            self.usage = event
+        elif isinstance(event, BackendSelected):
+            self.backend = event
+        elif isinstance(event, Sources):
+            self.sources = event
+        elif isinstance(event, ErrorEvent):
+            self.error = event
+        elif isinstance(event, Done):
+            self.finish_reason = event.finish_reason
+            self.extra = dict(event.extra)
+        elif isinstance(event, (RouteChosen, Reformulated, WorkerProgress, *AGENT_STEPS)):
+            if isinstance(event, RouteChosen):
+                self.route = event
+            elif isinstance(event, Reformulated):
+                self.reformulated = event
+            elif isinstance(event, WorkerProgress) and event.status == "started":
+                return
+            self.steps.append(event)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    @property
+    def cited(self) -> list[int]:
+        return [int(n) for n in self.extra.get("cited", [])]
+
+    @property
+    def consensus(self) -> dict[str, Any] | None:
+        summary = self.extra.get("consensus")
+        return dict(summary) if isinstance(summary, dict) else None
+
+    def agent_steps(self) -> list[dict[str, Any]]:
+        """The agent's steps, JSON-ready."""
+        return [event_to_dict(e) for e in self.steps if isinstance(e, AGENT_STEPS)]
+
+    def all_steps(self) -> list[dict[str, Any]]:
+        return [event_to_dict(e) for e in self.steps]

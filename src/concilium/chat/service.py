@@ -28,22 +28,12 @@ from concilium.chat.identity import system_prompt
 from concilium.config import Settings
 from concilium.errors import ConciliumError, Forbidden, InvalidRequest, NotFound
 from concilium.events import (
-    ApprovalRequired,
-    BackendSelected,
+    AnswerRecord,
     Done,
     ErrorEvent,
     Event,
     MessageStarted,
-    Reformulated,
-    RouteChosen,
-    Sources,
-    Thought,
     Token,
-    ToolCall,
-    ToolResult,
-    Usage,
-    WorkerProgress,
-    event_to_dict,
 )
 from concilium.jobs.processes import ProcessRegistry
 from concilium.llm.base import ChatMessage, GenerationParams
@@ -622,60 +612,35 @@ class ChatService:
             await repo.update_message(s, message_id, **fields)
 
 
-#: Events of an agent's work kept with its message.
-_STEP_EVENTS = (
-    RouteChosen,
-    Reformulated,
-    WorkerProgress,
-    Thought,
-    ToolCall,
-    ToolResult,
-    ApprovalRequired,
-)
-
-
 class _AnswerRecord:
-    """What a generation produced, turned into the stored message's fields."""
+    """What a generation produced (the events' own ``AnswerRecord``), with its timing,
+    turned into the stored message's fields."""
 
     def __init__(self, steps: list[dict[str, Any]] | None = None) -> None:
         #: Steps stored before (an agent run resumed after approval), then this run's.
-        self.steps: list[dict[str, Any]] = list(steps or [])
+        self.stored_steps: list[dict[str, Any]] = list(steps or [])
         self.resumed = steps is not None
         self.started = time.perf_counter()
         self.ttft: float | None = None
-        self.parts: list[str] = []
-        self.usage: Usage | None = None
-        self.selected: BackendSelected | None = None
-        self.error: ErrorEvent | None = None
-        self.sources: list[dict[str, Any]] | None = None
-        self.cited: list[int] = []
+        self.answer = AnswerRecord()
+
+    @property
+    def error(self) -> ErrorEvent | None:
+        return self.answer.error
 
     def observe(self, event: Event) -> None:
-        if isinstance(event, Token):
-            if self.ttft is None:
-                self.ttft = time.perf_counter() - self.started
-            self.parts.append(event.text)
-        elif isinstance(event, Usage):
-            self.usage = event
-        elif isinstance(event, BackendSelected):
-            self.selected = event
-        elif isinstance(event, ErrorEvent):
-            self.error = event
-        elif isinstance(event, Sources):
-            self.sources = [dict(source) for source in event.sources]
-        elif isinstance(event, _STEP_EVENTS):
-            if not (isinstance(event, WorkerProgress) and event.status == "started"):
-                self.steps.append(event_to_dict(event))
-        elif isinstance(event, Done):
-            self.cited = list(event.extra.get("cited", []))
+        if isinstance(event, Token) and self.ttft is None:
+            self.ttft = time.perf_counter() - self.started
+        self.answer.observe(event)
 
     def fields(self, final: Done | ErrorEvent | None, stop_reason: str | None) -> dict[str, Any]:
-        content = "".join(self.parts)
+        answer = self.answer
+        content = answer.text
         if isinstance(final, Done) and final.finish_reason == "cancelled":
             cancelled_by_user = stop_reason == "cancelled"
             status = MessageStatus.CANCELLED if cancelled_by_user else MessageStatus.INCOMPLETE
             finish: str | None = "cancelled"
-        elif isinstance(final, Done) and self.error is None:
+        elif isinstance(final, Done) and answer.error is None:
             status, finish = MessageStatus.COMPLETE, final.finish_reason
         else:
             status = MessageStatus.INCOMPLETE if content else MessageStatus.ERROR
@@ -686,19 +651,21 @@ class _AnswerRecord:
             "finish_reason": finish,
             "latency_ms": int((time.perf_counter() - self.started) * 1000),
             "ttft_ms": None if self.ttft is None else int(self.ttft * 1000),
-            "error": self.error.message if self.error else None,
+            "error": answer.error.message if answer.error else None,
         }
-        if self.selected is not None:
-            fields["backend"] = self.selected.backend
-            fields["model"] = self.selected.backend_model
-        if self.usage is not None:
-            fields["prompt_tokens"] = self.usage.prompt_tokens
-            fields["completion_tokens"] = self.usage.completion_tokens
-        if self.steps or self.resumed:
-            fields["steps"] = self.steps
-        if self.sources is not None:
+        if answer.backend is not None:
+            fields["backend"] = answer.backend.backend
+            fields["model"] = answer.backend.backend_model
+        if answer.usage is not None:
+            fields["prompt_tokens"] = answer.usage.prompt_tokens
+            fields["completion_tokens"] = answer.usage.completion_tokens
+        steps = [*self.stored_steps, *answer.all_steps()]
+        if steps or self.resumed:
+            fields["steps"] = steps
+        if answer.sources is not None:
+            cited = set(answer.cited)
             fields["sources"] = [
-                {**source, "cited": source.get("n") in self.cited} for source in self.sources
+                {**source, "cited": source.get("n") in cited} for source in answer.sources.sources
             ]
         return fields
 

@@ -200,16 +200,12 @@ async def _ask(
 ) -> int:
     from concilium.chat.identity import system_prompt as default_prompt
     from concilium.events import (
-        BackendSelected,
-        Done,
+        AnswerRecord,
         ErrorEvent,
         Reformulated,
         RouteChosen,
-        Sources,
         Token,
-        Usage,
         WorkerProgress,
-        event_to_dict,
     )
     from concilium.llm.base import ChatMessage
     from concilium.orchestrator.engine import AnswerRequest
@@ -218,7 +214,6 @@ async def _ask(
     prompt = default_prompt(settings, text, model) if system is None else system
     messages = [ChatMessage("system", prompt)] if prompt else []
     messages.append(ChatMessage("user", text))
-    result: dict[str, Any] = {"model": model, "content": ""}
     async with running_services(settings) as services:
         try:
             if collections:
@@ -236,51 +231,31 @@ async def _ask(
         except ConciliumError as exc:
             err.print(f"[red]{exc.code}:[/] {exc.detail}")
             return 1
+        record = AnswerRecord()
         async for event in services.orchestrator.stream(prepared):
+            record.observe(event)
             if isinstance(event, Token):
-                result["content"] += event.text
                 if not as_json:
                     sys.stdout.write(event.text)
                     sys.stdout.flush()
-            elif isinstance(event, BackendSelected):
-                result["backend"] = f"{event.backend}/{event.backend_model}"
-            elif isinstance(event, Usage):
-                result["usage"] = {
-                    "prompt_tokens": event.prompt_tokens,
-                    "completion_tokens": event.completion_tokens,
-                }
-            elif isinstance(event, Sources):
-                result["sources"] = list(event.sources)
-            elif isinstance(event, RouteChosen):
-                result["route"] = event_to_dict(event)
-                if not as_json:
-                    why = (
-                        f" ({event.intent} {event.confidence:.2f}, {event.method})"
-                        if event.intent
-                        else ""
-                    )
-                    err.print(f"[dim]→ {event.mode}{why}[/]")
-            elif isinstance(event, Reformulated):
-                result["query"] = event.query
-                if not as_json:
-                    err.print(f"[dim]searching: {event.query}[/]")
-            elif isinstance(event, WorkerProgress):
-                if event.status != "started":
-                    result.setdefault("workers", []).append(event_to_dict(event))
-                if not as_json:
-                    shown = f": {event.error}" if event.error else ""
-                    err.print(f"[dim]worker {event.name} {event.status}{shown}[/]")
-            elif isinstance(event, Done):
-                result["finish_reason"] = event.finish_reason
-                if "cited" in event.extra:
-                    result["cited"] = event.extra["cited"]
-                if "consensus" in event.extra:
-                    result["consensus"] = event.extra["consensus"]
+            elif isinstance(event, RouteChosen) and not as_json:
+                why = (
+                    f" ({event.intent} {event.confidence:.2f}, {event.method})"
+                    if event.intent
+                    else ""
+                )
+                err.print(f"[dim]→ {event.mode}{why}[/]")
+            elif isinstance(event, Reformulated) and not as_json:
+                err.print(f"[dim]searching: {event.query}[/]")
+            elif isinstance(event, WorkerProgress) and not as_json:
+                shown = f": {event.error}" if event.error else ""
+                err.print(f"[dim]worker {event.name} {event.status}{shown}[/]")
             elif isinstance(event, ErrorEvent):
                 if not as_json:
                     sys.stdout.write("\n")
                 err.print(f"[red]{event.code}:[/] {event.message}")
                 return 1
+    result = _ask_result(model, record)
     if as_json:
         sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
         return 0
@@ -291,6 +266,36 @@ async def _ask(
         if source["n"] in cited or not cited:
             sys.stdout.write(f"[{source['n']}] {source['source']} ({source['location']})\n")
     return 0
+
+
+def _ask_result(model: str, record: Any) -> dict[str, Any]:
+    """``concilium ask --json``: the answer and how it was made, from the folded stream."""
+    from concilium.events import WorkerProgress, event_to_dict
+
+    result: dict[str, Any] = {"model": model, "content": record.text}
+    if record.backend is not None:
+        result["backend"] = f"{record.backend.backend}/{record.backend.backend_model}"
+    if record.usage is not None:
+        result["usage"] = {
+            "prompt_tokens": record.usage.prompt_tokens,
+            "completion_tokens": record.usage.completion_tokens,
+        }
+    if record.sources is not None:
+        result["sources"] = list(record.sources.sources)
+    if record.route is not None:
+        result["route"] = event_to_dict(record.route)
+    if record.reformulated is not None:
+        result["query"] = record.reformulated.query
+    workers = [event_to_dict(e) for e in record.steps if isinstance(e, WorkerProgress)]
+    if workers:
+        result["workers"] = workers
+    if record.finish_reason is not None:
+        result["finish_reason"] = record.finish_reason
+    if "cited" in record.extra:
+        result["cited"] = record.extra["cited"]
+    if record.consensus is not None:
+        result["consensus"] = record.consensus
+    return result
 
 
 async def _account(services: Any, username: str) -> Any:

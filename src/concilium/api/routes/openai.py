@@ -33,7 +33,7 @@ from concilium.auth.principal import Principal, Scope
 from concilium.chat.service import error_for
 from concilium.errors import InvalidRequest, ModelNotFound, PayloadTooLarge
 from concilium.events import (
-    ApprovalRequired,
+    AnswerRecord,
     BackendSelected,
     Done,
     ErrorEvent,
@@ -328,31 +328,23 @@ async def _stream(
 
 
 async def _complete(events: AsyncIterator[Event], completion: _Completion) -> dict[str, Any]:
-    parts: list[str] = []
-    usage: Usage | None = None
-    sources: Sources | None = None
-    finish = "stop"
-    shown: dict[str, Any] = {}
+    record = AnswerRecord()
     async for event in events:
-        if isinstance(event, Token):
-            parts.append(event.text)
-        elif isinstance(event, Usage):
-            usage = event
-        elif isinstance(event, Sources):
-            sources = event
-        elif isinstance(event, RouteChosen | Reformulated):
-            shown[event.type] = event_to_dict(event)
-        elif isinstance(event, Thought | ToolCall | ToolResult | ApprovalRequired):
-            # The agent's steps: what it thought, called and observed.
-            shown.setdefault("steps", []).append(event_to_dict(event))
-        elif isinstance(event, Done):
-            finish = _finish_reason(event.finish_reason)
-            if "consensus" in event.extra:
-                shown["consensus"] = event.extra["consensus"]
-        elif isinstance(event, ErrorEvent):
+        record.observe(event)
+        if isinstance(event, ErrorEvent):
             raise error_for(event)
-    full = completion.full("".join(parts), finish, usage, sources)
-    if shown:  # not OpenAI's: how the answer was made
+    # Not OpenAI's: how the answer was made (route, rewritten query, agent steps, consensus).
+    shown: dict[str, Any] = {}
+    for made in (record.route, record.reformulated):
+        if made is not None:
+            shown[made.type] = event_to_dict(made)
+    if steps := record.agent_steps():
+        shown["steps"] = steps
+    if (consensus := record.consensus) is not None:
+        shown["consensus"] = consensus
+    finish = _finish_reason(record.finish_reason) if record.finish_reason else "stop"
+    full = completion.full(record.text, finish, record.usage, record.sources)
+    if shown:
         full["concilium"] = shown
     return full
 

@@ -15,14 +15,8 @@ from concilium.api.schemas import ID_PATTERN, SafeText, problem_responses
 from concilium.api.streaming import event_stream_response, until_disconnect
 from concilium.auth.principal import Principal, Scope
 from concilium.events import (
-    ApprovalRequired,
-    Done,
-    ErrorEvent,
+    AnswerRecord,
     Event,
-    Thought,
-    Token,
-    ToolCall,
-    ToolResult,
     event_to_dict,
 )
 from concilium.services import Services
@@ -189,23 +183,13 @@ async def _decide(
 
 
 async def _collect(approval: AgentApproval, events: AsyncIterator[Event]) -> ResumedOut:
-    answer: list[str] = []
-    steps: list[dict[str, Any]] = []
-    finish: str | None = None
-    error: dict[str, Any] | None = None
+    record = AnswerRecord()
     async for event in events:
-        if isinstance(event, Token):
-            answer.append(event.text)
-        elif isinstance(event, Thought | ToolCall | ToolResult | ApprovalRequired):
-            steps.append(event_to_dict(event))
-        elif isinstance(event, Done):
-            finish = event.finish_reason
-        elif isinstance(event, ErrorEvent):
-            error = event_to_dict(event)
+        record.observe(event)
     return ResumedOut(
         approval=ApprovalOut.model_validate(approval),
-        answer="".join(answer),
-        finish_reason=finish,
-        steps=steps,
-        error=error,
+        answer=record.text,
+        finish_reason=record.finish_reason,
+        steps=record.agent_steps(),
+        error=event_to_dict(record.error) if record.error is not None else None,
     )
