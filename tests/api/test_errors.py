@@ -1,18 +1,23 @@
 """One error convention: every typed error keeps its status and body at every edge —
-problem+json under /api, OpenAI's error object under /v1 — and a stream's error event
-turns back into the same error for non-streamed replies."""
+problem+json under /api, OpenAI's error object under /v1, an error frame on the WebSocket —
+and a stream's error event turns back into the same error for non-streamed replies."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from websockets.sync.client import connect
 
 import concilium.services  # noqa: F401 - imports every module, so every error class exists
 from concilium import errors
 from concilium.api.problems import PROBLEM_TYPE, install_error_handlers
 from concilium.chat.service import error_for
 from concilium.events import ErrorEvent
+from tests.support.fake_llm_servers import FakeOpenAI
+from tests.support.live import Live
 
 
 def _all(cls: type[errors.ConciliumError]) -> list[type[errors.ConciliumError]]:
@@ -67,3 +72,36 @@ def test_each_error_class_has_its_status_and_body_everywhere(
 
     again = error_for(ErrorEvent(cls.code, "what went wrong"))
     assert (again.code, again.status, again.detail) == (cls.code, cls.status, "what went wrong")
+
+
+def test_each_error_class_is_an_error_frame_on_the_websocket(
+    fake_live: tuple[Live, FakeOpenAI], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A turn that fails before it starts answers with an error frame of the error's code
+    and detail, and the socket stays open for the next frame."""
+    live, _ = fake_live
+    conversation = live.http.post("/api/conversations", json={}).json()
+
+    async def fail(who: object, conversation_id: str, content: str, **_: object) -> None:
+        raise next(c for c in CLASSES if c.__name__ == content)("what went wrong")
+
+    monkeypatch.setattr(live.services.chat, "post", fail)
+    with connect(
+        live.url.replace("http://", "ws://") + "/ws/chat",
+        open_timeout=5,
+        additional_headers={"Authorization": f"Bearer {live.admin_key}"},
+    ) as ws:
+        for cls in CLASSES:
+            frame = {
+                "type": "message",
+                "content": cls.__name__,
+                "conversation_id": conversation["id"],
+            }
+            ws.send(json.dumps(frame))
+            error = json.loads(ws.recv(timeout=10))
+            assert error == {
+                "type": "error",
+                "code": cls.code,
+                "message": "what went wrong",
+                "retryable": False,
+            }, cls
