@@ -146,29 +146,34 @@ class IndexManager:
         tmp.replace(manifest)
 
     async def current(self, collection: Collection) -> CollectionIndex:
-        """The collection's index, caught up with every logged operation."""
-        async with self._lock(collection.id), self._folder_lock(collection.id):
+        """The collection's index, caught up with every logged operation. The directory's
+        lock is taken only when there is something to load or apply: a search of an index
+        already in step reads the log's last number and nothing else."""
+        async with self._lock(collection.id):
             index = self._open.get(collection.id)
             precision = CollectionSettings.model_validate(
                 collection.settings or {}
             ).vector_precision
-            if (
+            stale = (
                 index is None
                 or index.embedder != collection.embedder
                 or index.vector.precision != precision
-            ):
-                index = await asyncio.to_thread(self._load, collection)
-                self._open[collection.id] = index
-            await self._catch_up(collection, index)
+            )
+            async with self.db.reader() as s:
+                last = await s.scalar(
+                    select(func.max(IndexOp.seq)).where(IndexOp.collection_id == collection.id)
+                )
+            if index is not None and not stale and (not last or last <= index.applied):
+                return index
+            async with self._folder_lock(collection.id):
+                if index is None or stale:
+                    index = await asyncio.to_thread(self._load, collection)
+                    self._open[collection.id] = index
+                if last and last > index.applied:
+                    await self._catch_up(collection, index)
             return index
 
     async def _catch_up(self, collection: Collection, index: CollectionIndex) -> None:
-        async with self.db.reader() as s:
-            last = await s.scalar(
-                select(func.max(IndexOp.seq)).where(IndexOp.collection_id == collection.id)
-            )
-        if not last or last <= index.applied:
-            return
         while True:
             async with self.db.reader() as s:
                 ops = (
