@@ -44,7 +44,7 @@ from concilium.orchestrator.consensus import (  # noqa: E402
     normalise_answer,
     vote,
 )
-from concilium.orchestrator.engine import AnswerRequest  # noqa: E402
+from concilium.orchestrator.request import AnswerOptions, AnswerRequest  # noqa: E402
 from concilium.services import running_services  # noqa: E402
 from knowledge_common import measured_line, write_section  # noqa: E402
 
@@ -133,8 +133,7 @@ def _early(
 def _request(item: dict[str, Any]) -> AnswerRequest:
     return AnswerRequest(
         [ChatMessage("system", SYSTEM[item["lang"]]), ChatMessage("user", item["question"])],
-        model="consensus:bench",
-        params=GenerationParams(max_tokens=24),
+        AnswerOptions(model="consensus:bench", params=GenerationParams(max_tokens=24)),
     )
 
 
@@ -230,7 +229,9 @@ async def main(write: bool, limit: int | None) -> None:
         async with running_services(settings) as services:
             mode = services.orchestrator.modes["consensus"]
             assert isinstance(mode, ConsensusMode)
-            warm = AnswerRequest([ChatMessage("user", "hi")], params=GenerationParams(max_tokens=1))
+            warm = AnswerRequest(
+                [ChatMessage("user", "hi")], AnswerOptions(params=GenerationParams(max_tokens=1))
+            )
             for model in MODELS:  # loading a model is not answering
                 await _alone(services, model, warm)
             # Each model alone, in a pass of its own: not its time inside a panel (where

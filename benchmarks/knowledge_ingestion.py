@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from concilium.auth.principal import OPERATOR
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from concilium.config import Settings, load_settings
@@ -83,21 +85,21 @@ async def pipeline(settings: Settings, files: Path, warmup: Path) -> dict[str, A
         rss_start = rss_bytes()
         # Warm-up: loads the embedder and starts the parser processes.
         scratch = await knowledge.create_collection(
-            None, "warmup", workspace_id=workspace.id, embedder=embedder
+            OPERATOR, "warmup", workspace_id=workspace.id, embedder=embedder
         )
-        job = await knowledge.ingest_paths(None, scratch.id, [warmup])
+        job = await knowledge.ingest_paths(OPERATOR, scratch.id, [warmup])
         cold = time.perf_counter()
         await knowledge.runner.run_job(job.id)
         cold_seconds = time.perf_counter() - cold
 
         collection = await knowledge.create_collection(
-            None, "bench", workspace_id=workspace.id, embedder=embedder
+            OPERATOR, "bench", workspace_id=workspace.id, embedder=embedder
         )
         started = time.perf_counter()
-        job = await knowledge.ingest_paths(None, collection.id, [files])
+        job = await knowledge.ingest_paths(OPERATOR, collection.id, [files])
         await knowledge.runner.run_job(job.id)
         seconds = time.perf_counter() - started
-        report = await knowledge.job(None, job.id)
+        report = await knowledge.job(OPERATOR, job.id)
         async with services.db.reader() as s:
             rows = (
                 await s.execute(

@@ -11,10 +11,11 @@ from typing import Any
 import httpx_sse
 from sqlalchemy import select, update
 
+from concilium.auth.principal import OPERATOR
 from concilium.events import ApprovalRequired, Done, Event, ToolResult
 from concilium.llm.base import ChatMessage
 from concilium.orchestrator.agent import RunState
-from concilium.orchestrator.engine import AnswerRequest
+from concilium.orchestrator.request import AnswerOptions, AnswerRequest
 from concilium.services import running_services
 from concilium.store.models import AgentApproval, AuditEntry, utcnow
 from tests.conftest import SettingsFactory
@@ -164,7 +165,7 @@ def test_a_denied_call_never_runs_and_the_agent_is_told_why(
             first = [
                 e
                 async for e in services.orchestrator.answer(
-                    AnswerRequest([ChatMessage("user", "clean up")], mode="agent")
+                    AnswerRequest([ChatMessage("user", "clean up")], AnswerOptions(mode="agent"))
                 )
             ]
             paused = next(e for e in first if isinstance(e, ApprovalRequired))
@@ -174,10 +175,12 @@ def test_a_denied_call_never_runs_and_the_agent_is_told_why(
             assert done.extra["approval_id"] == paused.id
 
             approvals = services.approvals
-            approval = await approvals.decide(paused.id, None, approve=False, reason="not today")
+            approval = await approvals.decide(paused.id, OPERATOR, approve=False, reason="not today")
             resumption = await approvals.resumption(approval, approved=False, reason="not today")
             prepared = await services.orchestrator.prepare(
-                AnswerRequest(RunState.from_json(approval.state).messages, mode="agent"),
+                AnswerRequest(
+                    RunState.from_json(approval.state).messages, AnswerOptions(mode="agent")
+                ),
                 context=resumption,
             )
             fake.push(
@@ -284,8 +287,8 @@ async def test_an_approval_decided_from_the_cli_continues_its_conversation_messa
     """A turn of the operator's own chat (``concilium chat --mode agent``) paused on a
     call; ``concilium approvals approve`` continues it in its stored message, as the API
     does for users' turns."""
-    from concilium.chat.service import TurnOptions
     from concilium.cli.agents import _decide
+    from concilium.orchestrator.request import AnswerOptions
 
     fake, url = fake_openai
     settings = make_settings(**_scripted(url))
@@ -293,7 +296,7 @@ async def test_an_approval_decided_from_the_cli_continues_its_conversation_messa
     async with running_services(settings) as services:
         conversation = await services.chat.create(None)
         generation = await services.chat.post(
-            None, conversation.id, "Print 7 with the shell", options=TurnOptions(mode="agent")
+            None, conversation.id, "Print 7 with the shell", options=AnswerOptions(mode="agent")
         )
         events = [e async for e in generation.events()]
         await generation.wait()

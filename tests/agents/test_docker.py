@@ -13,6 +13,7 @@ from aiohttp import web
 from concilium.agents.executor import build_tools
 from concilium.agents.tools import ToolContext
 from concilium.auth.audit import AuditLog
+from concilium.auth.principal import OPERATOR
 from concilium.config import Settings
 from concilium.store.db import Database
 
@@ -83,7 +84,7 @@ async def test_docker_tools_read_and_restart_under_the_policy(
         agents={"docker_socket": str(socket), "tools": {"docker_restart": {"enabled": True}}},
     )
     tools = build_tools(settings, AuditLog(settings, database), database)
-    context = ToolContext(principal=None, root=tmp_path)
+    context = ToolContext(principal=OPERATOR, root=tmp_path)
 
     listed = await tools.execute("docker_list", {"all": True}, context)
     assert listed.output == "web\tnginx:1.27\trunning\tUp 2h\njob\talpine\texited\tExited (1)"

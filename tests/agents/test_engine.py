@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from concilium.auth.principal import OPERATOR
 from concilium.chat.service import error_for
 from concilium.events import (
     ApprovalRequired,
@@ -24,7 +25,7 @@ from concilium.events import (
 from concilium.knowledge.service import Upload
 from concilium.llm.base import ChatMessage
 from concilium.orchestrator.agent import RunState, StepMarkupFilter, parse_step
-from concilium.orchestrator.engine import AnswerRequest
+from concilium.orchestrator.request import AgentOptions, AnswerOptions, AnswerRequest
 from concilium.services import Services, running_services
 from concilium.store.models import AuditEntry, Workspace
 from tests.conftest import MODELS_DIR, SettingsFactory
@@ -37,7 +38,7 @@ def _step(action: str, **fields: Any) -> Behaviour:
 
 
 async def _run(services: Services, task: str) -> list[Event]:
-    request = AnswerRequest([ChatMessage("user", task)], mode="agent")
+    request = AnswerRequest([ChatMessage("user", task)], AnswerOptions(mode="agent"))
     return [e async for e in services.orchestrator.answer(request)]
 
 
@@ -151,6 +152,20 @@ async def test_the_iteration_cap_stops_a_loop(
     assert fake.calls == 4
 
 
+async def test_a_request_may_ask_for_fewer_steps_never_more(
+    make_settings: SettingsFactory, fake_openai: tuple[FakeOpenAI, str]
+) -> None:
+    fake, url = fake_openai
+    fake.default = _step("calculator", arguments={"expression": "1 + 1"})
+    async with running_services(_settings(make_settings, url, max_iterations=4)) as services:
+        for asked, taken in ((2, 2), (50, 4)):
+            options = AnswerOptions(mode="agent", agent=AgentOptions(max_steps=asked))
+            request = AnswerRequest([ChatMessage("user", "loop forever")], options)
+            events = [e async for e in services.orchestrator.answer(request)]
+            assert len([e for e in events if isinstance(e, ToolCall)]) == taken
+            assert events[-1] == Done("length", {"steps": taken, "tools": ["calculator"] * taken})
+
+
 async def test_errors_and_refusals_are_observations(
     make_settings: SettingsFactory, fake_openai: tuple[FakeOpenAI, str]
 ) -> None:
@@ -182,10 +197,10 @@ async def test_an_injected_document_cannot_make_the_agent_run_rm(
             workspace = Workspace(name="w")
             s.add(workspace)
         collection = await services.knowledge.create_collection(
-            None, "notes", workspace_id=workspace.id
+            OPERATOR, "notes", workspace_id=workspace.id
         )
         job = await services.knowledge.ingest(
-            None,
+            OPERATOR,
             collection.id,
             [
                 Upload(
@@ -228,10 +243,10 @@ async def test_knowledge_search_takes_no_made_up_collection(
             workspace = Workspace(name="w")
             s.add(workspace)
         collection = await services.knowledge.create_collection(
-            None, "exploitation", workspace_id=workspace.id
+            OPERATOR, "exploitation", workspace_id=workspace.id
         )
         job = await services.knowledge.ingest(
-            None,
+            OPERATOR,
             collection.id,
             [Upload("orion.md", b"# Orion\n\nFull backups of Orion start every night at 2:30.")],
         )
@@ -475,12 +490,12 @@ async def test_a_native_run_pauses_and_resumes_with_tool_messages(
     async with running_services(settings) as services:
         events = await _run(services, "say hi in the shell")
         paused = next(e for e in events if isinstance(e, ApprovalRequired))
-        approval = await services.approvals.decide(paused.id, None, approve=True)
+        approval = await services.approvals.decide(paused.id, OPERATOR, approve=True)
         resumption = await services.approvals.resumption(approval, approved=True)
         state = RunState.from_json(approval.state)
         assert state.native
         prepared = await services.orchestrator.prepare(
-            AnswerRequest(state.messages, mode="agent"), context=resumption
+            AnswerRequest(state.messages, AnswerOptions(mode="agent")), context=resumption
         )
         rest = [e async for e in services.orchestrator.stream(prepared)]
     assert [e.text for e in rest if isinstance(e, Token)] == ["The shell said hi."]

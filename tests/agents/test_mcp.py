@@ -17,6 +17,7 @@ from mcp.types import TextContent
 from sqlalchemy import select
 
 from concilium.agents.tools import Risk
+from concilium.auth.principal import OPERATOR
 from concilium.services import Services, running_services
 from concilium.store.models import AuditEntry
 from tests.conftest import SettingsFactory
@@ -85,7 +86,7 @@ DEMO_ENABLED = {
 
 async def _check_demo_tools(services: Services) -> None:
     tools = services.tools
-    context = await tools.context_for(None)
+    context = await tools.context_for(OPERATOR)
     assert {"demo__add", "demo__shout_text", "demo__explode"} <= set(tools.registry.names())
     add = tools.registry.get("demo__add")
     assert add is not None
@@ -227,7 +228,7 @@ def test_the_sdk_client_uses_concilium_over_streamable_http_with_an_api_key(
 
     async def through_peer() -> str:
         async with running_services(settings) as services:
-            context = await services.tools.context_for(None)
+            context = await services.tools.context_for(OPERATOR)
             outcome = await services.tools.execute(
                 "peer__calculator", {"expression": "6 * 7"}, context
             )

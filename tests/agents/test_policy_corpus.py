@@ -15,6 +15,7 @@ from sqlalchemy import select
 from concilium.agents.executor import ToolExecutor, ToolOutcome, build_tools
 from concilium.agents.tools import ToolContext
 from concilium.auth.audit import AuditLog
+from concilium.auth.principal import OPERATOR
 from concilium.config import Settings
 from concilium.store.db import Database
 from concilium.store.models import AuditEntry
@@ -335,7 +336,7 @@ async def test_hostile_corpus_is_refused_audited_and_never_run(
 ) -> None:
     tools, audit = executor
     spy = SpawnSpy(monkeypatch)
-    context = ToolContext(principal=None, root=workspace)
+    context = ToolContext(principal=OPERATOR, root=workspace)
     before = _snapshot(workspace)
     cases: list[tuple[str, dict[str, Any]]] = [
         *(("shell", {"command": c}) for c in HOSTILE_COMMANDS),
@@ -368,7 +369,7 @@ async def test_benign_corpus_is_allowed_and_done(
 ) -> None:
     tools, _ = executor
     spy = SpawnSpy(monkeypatch)
-    context = ToolContext(principal=None, root=workspace)
+    context = ToolContext(principal=OPERATOR, root=workspace)
     cases = [*(("shell", {"command": c}) for c in BENIGN_COMMANDS), *BENIGN_CALLS]
     assert len(cases) >= 100
     for name, arguments in cases:
@@ -418,7 +419,7 @@ async def test_the_allow_list_opens_a_private_host_and_fetch_reads_text(
 
     app = Starlette(routes=[Route("/", page), Route("/hop", hop)])
     tools, _ = executor
-    context = ToolContext(principal=None, root=workspace)
+    context = ToolContext(principal=OPERATOR, root=workspace)
     with serve_in_thread(app) as url:
         port = url.rsplit(":", 1)[1]
         # "allowed.test" is allow-listed and resolves (here) to the loopback server.
@@ -447,7 +448,7 @@ async def test_default_policy_denies_what_writes_runs_or_connects(
 ) -> None:
     settings = Settings(data_dir=tmp_path / "data")
     tools = build_tools(settings, AuditLog(settings, database), database)
-    context = ToolContext(principal=None, root=workspace)
+    context = ToolContext(principal=OPERATOR, root=workspace)
     assert {t.name for t in tools.available(context)} == {
         "calculator",
         "current_time",
@@ -473,7 +474,7 @@ async def test_execute_tools_wait_for_approval(
 ) -> None:
     settings = Settings(data_dir=tmp_path / "data", agents={"tools": {"shell": {"enabled": True}}})
     tools = build_tools(settings, AuditLog(settings, database), database)
-    context = ToolContext(principal=None, root=workspace)
+    context = ToolContext(principal=OPERATOR, root=workspace)
     pending = await tools.execute("shell", {"command": "touch made.txt"}, context)
     assert pending.status == "pending"
     assert not (workspace / "made.txt").exists()
@@ -489,7 +490,7 @@ async def test_bad_arguments_and_limits_are_observations(
     executor: tuple[ToolExecutor, AuditLog], workspace: Path
 ) -> None:
     tools, _ = executor
-    context = ToolContext(principal=None, root=workspace)
+    context = ToolContext(principal=OPERATOR, root=workspace)
     for name, arguments in [
         ("calculator", {"expression": "__import__('os').system('id')"}),
         ("calculator", {"expression": "9 ** 9 ** 9"}),
@@ -536,7 +537,7 @@ async def test_python_snippets_run_confined(
     executor: tuple[ToolExecutor, AuditLog], workspace: Path
 ) -> None:
     tools, _ = executor
-    context = ToolContext(principal=None, root=workspace)
+    context = ToolContext(principal=OPERATOR, root=workspace)
     for code, printed in PYTHON_BENIGN:
         outcome = await tools.execute("python", {"code": code}, context, approved=True)
         assert outcome.output == f"exit code 0\n{printed}\n", code

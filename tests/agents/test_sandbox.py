@@ -33,6 +33,7 @@ from concilium.agents.executor import ToolExecutor, build_tools
 from concilium.agents.sandbox import Sandbox
 from concilium.agents.tools import ToolContext
 from concilium.auth.audit import AuditLog
+from concilium.auth.principal import OPERATOR
 from concilium.config import NetworkToolSettings, SandboxSettings, Settings, ShellSettings
 from concilium.store.db import Database
 from concilium.store.models import AuditEntry
@@ -446,7 +447,7 @@ async def test_without_bubblewrap_programs_are_refused_never_run_unconfined(
         },
     )
     tools = build_tools(settings, AuditLog(settings, database), database)
-    context = ToolContext(principal=None, root=host.workspace)
+    context = ToolContext(principal=OPERATOR, root=host.workspace)
     outcome = await tools.execute("shell", {"command": "touch made.txt"}, context)
     assert outcome.status == "denied"
     assert "cannot be contained" in outcome.output
@@ -469,7 +470,7 @@ async def tools(database: Database, tmp_path: Path) -> ToolExecutor:
 async def test_every_hostile_case_through_the_tools_is_refused_or_contained(
     host: Host, tools: ToolExecutor, database: Database
 ) -> None:
-    context = ToolContext(principal=None, root=host.workspace)
+    context = ToolContext(principal=OPERATOR, root=host.workspace)
     cases = [("shell", {"command": c}) for c in HOSTILE_SHELL] + [
         ("python", {"code": c}) for c in HOSTILE_PYTHON
     ]
@@ -491,7 +492,7 @@ async def test_every_hostile_case_through_the_tools_is_refused_or_contained(
 async def test_the_issues_escapes_are_refused_before_running(
     host: Host, tools: ToolExecutor
 ) -> None:
-    context = ToolContext(principal=None, root=host.workspace)
+    context = ToolContext(principal=OPERATOR, root=host.workspace)
     for command in REFUSED_BY_POLICY:
         outcome = await tools.execute("shell", {"command": command}, context)
         assert outcome.status == "denied", (command, outcome.output)
@@ -501,7 +502,7 @@ async def test_the_issues_escapes_are_refused_before_running(
 async def test_refusals_by_the_sandbox_and_the_guard_are_audited_as_denied(
     host: Host, tools: ToolExecutor, database: Database
 ) -> None:
-    context = ToolContext(principal=None, root=host.workspace)
+    context = ToolContext(principal=OPERATOR, root=host.workspace)
     # A script of the workspace: the text policy cannot see what it does.
     (host.workspace / "escape.py").write_text("open('/usr/local/pwned', 'w')\n")
     wall = await tools.execute("shell", {"command": "python3 escape.py"}, context)
@@ -528,7 +529,7 @@ async def test_a_symlink_planted_in_the_sandbox_does_not_lead_the_file_tools_out
         },
     )
     tools = build_tools(settings, AuditLog(settings, database), database)
-    context = ToolContext(principal=None, root=host.workspace)
+    context = ToolContext(principal=OPERATOR, root=host.workspace)
     before = host.snapshot()
     # Past the text policy (which refuses it), straight in the sandbox: a link whose
     # target exists only outside it, left for the server's own file tools.
@@ -629,7 +630,7 @@ async def test_python_with_the_network_granted_keeps_its_guard_and_the_proxy(
 
     shell = ShellSettings(network=True, timeout_seconds=10)
     tool = PythonTool(shell, Sandbox(SandboxSettings(), shell, NetworkToolSettings()))
-    context = ToolContext(principal=None, root=host.workspace)
+    context = ToolContext(principal=OPERATOR, root=host.workspace)
     with pytest.raises(PolicyDenied, match=r"runtime guard stopped it: os\.system"):
         await tool.run(tool.Arguments(code="import os; os.system('id')"), context)
     fetch = f"import urllib.request as u; u.urlopen('http://127.0.0.1:{host.sentinel.port}/')"

@@ -14,6 +14,7 @@ import pytest
 from concilium.agents.executor import build_tools
 from concilium.agents.tools import ToolContext
 from concilium.auth.audit import AuditLog
+from concilium.auth.principal import OPERATOR
 from concilium.config import Settings
 from concilium.store.db import Database
 
@@ -86,7 +87,7 @@ async def test_commands_run_on_a_configured_host_under_the_policy(
         },
     )
     tools = build_tools(settings, AuditLog(settings, database), database)
-    context = ToolContext(principal=None, root=tmp_path)
+    context = ToolContext(principal=OPERATOR, root=tmp_path)
     done = await tools.execute("ssh", {"host": "box", "command": "echo hello; uname -s"}, context)
     assert done.output == "exit code 0\nhello\nLinux\n", done.output
     failing = await tools.execute("ssh", {"host": "box", "command": "ls /nonexistent"}, context)
@@ -141,7 +142,7 @@ async def test_a_host_takes_read_only_commands_checked_before_connecting(
         },
     )
     tools = build_tools(settings, AuditLog(settings, database), database)
-    context = ToolContext(principal=None, root=tmp_path)
+    context = ToolContext(principal=OPERATOR, root=tmp_path)
     refused = ["mysql -e 'DROP DATABASE production'", "systemctl stop nginx", "rm -rf /var"]
     if mode == "allow":
         refused += ["echo x > /etc/motd", "date -s 2001-01-01", "journalctl --vacuum-size=1M"]

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from concilium.chat.service import TurnOptions
 from concilium.events import Done, ErrorEvent, Token
+from concilium.orchestrator.request import AnswerOptions
 from concilium.services import Services, running_services
 from concilium.store.models import MessageStatus
 from tests.support.fake_llm_servers import Behaviour, FakeOpenAI
@@ -76,7 +76,7 @@ async def test_shutdown_stores_live_answers_as_incomplete(
     fake.default = Behaviour(text=" ".join(f"w{i}" for i in range(100)), chunk_delay=0.02)
     chat = services.chat
     conversation = await chat.create(None)
-    generation = await chat.post(None, conversation.id, "hello", options=TurnOptions())
+    generation = await chat.post(None, conversation.id, "hello", options=AnswerOptions())
     async for event in generation.events():
         if isinstance(event, Token):
             break

@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 
 from concilium.auth.audit import AuditLog
+from concilium.auth.principal import OPERATOR
 from concilium.auth.workspaces import Workspaces
 from concilium.config import Settings
 from concilium.knowledge.embedders import EmbedderRegistry
@@ -44,13 +45,13 @@ class Knowledge:
 
     async def collection(self, name: str = "docs", **kwargs: Any) -> str:
         created = await self.service.create_collection(
-            None, name, workspace_id=self.workspace_id, **kwargs
+            OPERATOR, name, workspace_id=self.workspace_id, **kwargs
         )
         return created.id
 
     async def run(self, job_id: str) -> Any:
         await self.service.runner.run_job(job_id)
-        return await self.service.job(None, job_id)
+        return await self.service.job(OPERATOR, job_id)
 
 
 KnowledgeFactory = Callable[..., Awaitable[Knowledge]]

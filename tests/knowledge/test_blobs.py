@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from concilium.auth.principal import OPERATOR
 from concilium.knowledge.service import Upload
 from concilium.store.blobs import LocalBlobStore
 from tests.knowledge.conftest import KnowledgeFactory
@@ -54,10 +55,10 @@ async def test_ingestion_and_originals_work_without_local_files(
     knowledge.service.runner.files = store
     cid = await knowledge.collection()
     job = await knowledge.service.ingest(
-        None, cid, [Upload("boiler.md", b"# Boiler\n\nServiced every October.\n")]
+        OPERATOR, cid, [Upload("boiler.md", b"# Boiler\n\nServiced every October.\n")]
     )
     assert (await knowledge.run(job.id)).progress.indexed == 1
     assert not (knowledge.settings.data_dir / "files").exists()
-    [(document, _, _)], _ = await knowledge.service.list_documents(None, cid)
-    _, original = await knowledge.service.original(None, document.id)
+    [(document, _, _)], _ = await knowledge.service.list_documents(OPERATOR, cid)
+    _, original = await knowledge.service.original(OPERATOR, document.id)
     assert original == b"# Boiler\n\nServiced every October.\n"

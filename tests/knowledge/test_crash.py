@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from concilium.auth.principal import OPERATOR
 from concilium.config import Settings
 from concilium.knowledge.chunking import chunk_document
 from concilium.knowledge.parsing import parse_bytes
@@ -133,9 +134,9 @@ async def test_kill_9_mid_job_then_resume_gives_exact_counts(tmp_path: Path) -> 
     # Both indexes hold exactly the live chunks.
     settings = Settings(data_dir=data_dir, models_dir=MODELS_DIR)
     async with running_services(settings) as services:
-        [(collection, _)] = await services.knowledge.list_collections(None)
+        [(collection, _)] = await services.knowledge.list_collections(OPERATOR)
         index = await services.knowledge.indexes.current(collection)
         assert index.vector.count == expected_chunks
         assert index.lexical.count == expected_chunks
-        hits = await services.knowledge.search(None, "Item 123-0-5", [collection.id])
+        hits = await services.knowledge.search(OPERATOR, "Item 123-0-5", [collection.id])
         assert hits[0].source.endswith("record-0123.md")

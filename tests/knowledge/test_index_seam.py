@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from concilium.auth.principal import OPERATOR
 from concilium.knowledge.index import Precision
 from concilium.knowledge.index.manager import IndexManager
 from concilium.knowledge.service import KnowledgeService, Upload
@@ -79,7 +80,7 @@ async def test_other_index_implementations_answer_through_the_same_retriever(
         "The car's tyres are changed for winter ones in November.",
     ]
     job = await knowledge.service.ingest(
-        None, cid, [Upload(f"n{i}.txt", t.encode()) for i, t in enumerate(texts)]
+        OPERATOR, cid, [Upload(f"n{i}.txt", t.encode()) for i, t in enumerate(texts)]
     )
     await knowledge.run(job.id)
     default = knowledge.service
@@ -99,14 +100,14 @@ async def test_other_index_implementations_answer_through_the_same_retriever(
     )
     for mode in ("bm25", "dense", "hybrid"):
         ours = await other.search(
-            None, "When is the boiler serviced?", [cid], options={"mode": mode}
+            OPERATOR, "When is the boiler serviced?", [cid], options={"mode": mode}
         )
         theirs = await default.search(
-            None, "When is the boiler serviced?", [cid], options={"mode": mode}
+            OPERATOR, "When is the boiler serviced?", [cid], options={"mode": mode}
         )
         assert ours, mode
         assert ours[0].chunk_id == theirs[0].chunk_id, mode
         assert "boiler" in ours[0].text
-    index = await other.indexes.current(await default.collection(None, cid))
+    index = await other.indexes.current(await default.collection(OPERATOR, cid))
     assert isinstance(index.vector, BruteForce)
     assert index.vector.count == index.lexical.count == 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from concilium.auth.principal import OPERATOR
 from concilium.knowledge.embedders.remote import RemoteEmbedderError
 from concilium.knowledge.service import Upload
 from tests.knowledge.conftest import KnowledgeFactory
@@ -31,14 +32,14 @@ async def test_remote_vectors_search_like_local_ones(
         local = await k.collection("local")
         for cid in (remote, local):
             job = await k.service.ingest(
-                None, cid, [Upload(n, t.encode()) for n, t in PASSAGES.items()]
+                OPERATOR, cid, [Upload(n, t.encode()) for n, t in PASSAGES.items()]
             )
             assert (await k.run(job.id)).progress.indexed == len(PASSAGES)
 
         for query in ("pourquoi la mer monte et descend", "when did trains start"):
             options = {"mode": "dense"}
-            far = await k.service.search(None, query, [remote], options=options)
-            near = await k.service.search(None, query, [local], options=options)
+            far = await k.service.search(OPERATOR, query, [remote], options=options)
+            near = await k.service.search(OPERATOR, query, [local], options=options)
             assert [h.source for h in far] == [h.source for h in near]
             # float32 vectors, sent as JSON numbers: equal to a few ulps
             assert [h.relevance for h in far] == pytest.approx(
@@ -51,4 +52,4 @@ async def test_remote_vectors_search_like_local_ones(
         )
         refused = await wrong.collection("refused", embedder="peer-use")
         with pytest.raises(RemoteEmbedderError, match="401"):
-            await wrong.service.search(None, "marées", [refused], options={"mode": "dense"})
+            await wrong.service.search(OPERATOR, "marées", [refused], options={"mode": "dense"})

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from concilium.auth.principal import OPERATOR
 from concilium.errors import BackendUnavailable, InvalidRequest
 from concilium.knowledge.rerank import LLMReranker
 from concilium.knowledge.service import Upload
@@ -26,7 +27,7 @@ QUERY = "how is the house heated with sunlight"
 async def _collection(k: Knowledge) -> str:
     cid = await k.collection()
     job = await k.service.ingest(
-        None, cid, [Upload(name, text.encode()) for name, text in PASSAGES.items()]
+        OPERATOR, cid, [Upload(name, text.encode()) for name, text in PASSAGES.items()]
     )
     assert (await k.run(job.id)).progress.indexed == len(PASSAGES)
     return cid
@@ -45,11 +46,11 @@ async def test_remote_reranker_reorders_and_only_sees_the_top(
         knowledge={"rerankers": {"jina": {"kind": "remote", "backend": "rr", "model": "m"}}},
     )
     cid = await _collection(k)
-    plain = await k.service.search(None, QUERY, [cid])
+    plain = await k.service.search(OPERATOR, QUERY, [cid])
     assert _sources(plain)[0] != "c.txt"  # the heat pump passage does not say "sunlight"
 
     fake.rerank_words = ["heat pump", "garden", "winter"]
-    reranked = await k.service.search(None, QUERY, [cid], options={"rerank": "jina"})
+    reranked = await k.service.search(OPERATOR, QUERY, [cid], options={"rerank": "jina"})
     assert _sources(reranked)[0] == "c.txt"
     assert reranked[0].scores["rerank"] == 3.0
     [sent] = fake.rerank_requests
@@ -59,22 +60,22 @@ async def test_remote_reranker_reorders_and_only_sees_the_top(
 
     # Only the best ``rerank_top`` candidates go to the reranker; the others stay behind.
     top_one = await k.service.search(
-        None, QUERY, [cid], options={"rerank": "jina", "rerank_top": 1}
+        OPERATOR, QUERY, [cid], options={"rerank": "jina", "rerank_top": 1}
     )
     assert len(fake.rerank_requests[-1]["documents"]) == 1
     assert _sources(top_one) == _sources(plain)
 
     # A collection setting applies to every search of it.
     tuned = CollectionSettings.model_validate({"retrieval": {"rerank": "jina"}})
-    await k.service.update_collection(None, cid, settings=tuned)
-    assert _sources(await k.service.search(None, QUERY, [cid]))[0] == "c.txt"
-    assert _sources(await k.service.search(None, QUERY, [cid], options={"rerank": ""})) == (
+    await k.service.update_collection(OPERATOR, cid, settings=tuned)
+    assert _sources(await k.service.search(OPERATOR, QUERY, [cid]))[0] == "c.txt"
+    assert _sources(await k.service.search(OPERATOR, QUERY, [cid], options={"rerank": ""})) == (
         _sources(plain)
     )
 
     fake.push(Behaviour(kind="status", status=503))
     with pytest.raises(BackendUnavailable, match="jina"):
-        await k.service.search(None, QUERY, [cid])
+        await k.service.search(OPERATOR, QUERY, [cid])
 
 
 async def test_llm_reranker_follows_the_judges_scores(
@@ -87,7 +88,7 @@ async def test_llm_reranker_follows_the_judges_scores(
         cache={"enabled": False},
     )
     cid = await _collection(k)
-    plain = _sources(await k.service.search(None, QUERY, [cid]))
+    plain = _sources(await k.service.search(OPERATOR, QUERY, [cid]))
     # The judge reads passages in the incoming order; the last one gets the best score,
     # the second answers something unreadable (scored 0).
     fake.push(
@@ -95,7 +96,7 @@ async def test_llm_reranker_follows_the_judges_scores(
         Behaviour(text="I think it is relevant"),
         Behaviour(text='{"relevance": 3}'),
     )
-    reranked = await k.service.search(None, QUERY, [cid], options={"rerank": "llm"})
+    reranked = await k.service.search(OPERATOR, QUERY, [cid], options={"rerank": "llm"})
     assert _sources(reranked) == [plain[2], plain[0], plain[1]]
     assert [h.scores["rerank"] for h in reranked] == [3.0, 1.0, 0.0]
     judge = k.service.retriever.rerankers.get("llm")
@@ -113,7 +114,7 @@ async def test_llm_reranker_reads_the_embedded_model_constrained_answers(
     """The real local model, held to the JSON schema by llama.cpp's grammar."""
     k = await make_knowledge(cache={"enabled": False})
     cid = await _collection(k)
-    reranked = await k.service.search(None, QUERY, [cid], options={"rerank": "llm"})
+    reranked = await k.service.search(OPERATOR, QUERY, [cid], options={"rerank": "llm"})
     judge = k.service.retriever.rerankers.get("llm")
     assert isinstance(judge, LLMReranker)
     assert judge.unreadable == 0
@@ -137,9 +138,9 @@ async def test_cross_encoder_problems_are_clear(
     )
     cid = await _collection(k)
     with pytest.raises(InvalidRequest, match="not a directory"):
-        await k.service.search(None, QUERY, [cid], options={"rerank": "missing"})
+        await k.service.search(OPERATOR, QUERY, [cid], options={"rerank": "missing"})
     monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # not installed
     with pytest.raises(InvalidRequest, match="needs sentence-transformers"):
-        await k.service.search(None, QUERY, [cid], options={"rerank": "ce"})
+        await k.service.search(OPERATOR, QUERY, [cid], options={"rerank": "ce"})
     with pytest.raises(InvalidRequest, match="unknown reranker 'nope'"):
-        await k.service.search(None, QUERY, [cid], options={"rerank": "nope"})
+        await k.service.search(OPERATOR, QUERY, [cid], options={"rerank": "nope"})

@@ -16,7 +16,7 @@ from concilium.errors import ModelNotFound
 from concilium.events import Done, ErrorEvent, Event, Token, Usage
 from concilium.llm.backends.embedded import EmbeddedBackend
 from concilium.llm.base import ChatMessage, GenerationParams, ResponseFormat
-from concilium.orchestrator.engine import AnswerRequest
+from concilium.orchestrator.request import AnswerOptions, AnswerRequest
 from concilium.services import Services, running_services
 
 pytestmark = pytest.mark.model
@@ -33,7 +33,7 @@ async def services(make_settings: Callable[..., Any], models_dir: Path) -> Async
 async def _answer(
     s: Services, messages: list[ChatMessage], model: str = "smollm2-135m", **params: Any
 ) -> list[Event]:
-    request = AnswerRequest(messages, model, GenerationParams(**params))
+    request = AnswerRequest(messages, AnswerOptions(model=model, params=GenerationParams(**params)))
     return [e async for e in s.orchestrator.answer(request)]
 
 
@@ -108,7 +108,10 @@ async def test_json_object_format_constrains_the_output(services: Services) -> N
 async def test_closing_the_stream_stops_the_generation(services: Services) -> None:
     backend = services.backends["local"]
     assert isinstance(backend, EmbeddedBackend)
-    request = AnswerRequest(COUNT, "smollm2-135m", GenerationParams(temperature=0, max_tokens=400))
+    request = AnswerRequest(
+        COUNT,
+        AnswerOptions(model="smollm2-135m", params=GenerationParams(temperature=0, max_tokens=400)),
+    )
     stream = services.orchestrator.answer(request)
     seen = 0
     async for event in stream:
@@ -207,7 +210,10 @@ async def test_a_killed_engine_ends_the_answer_with_an_error_and_comes_back(
 ) -> None:
     backend = services.backends["local"]
     assert isinstance(backend, EmbeddedBackend)
-    request = AnswerRequest(COUNT, "smollm2-135m", GenerationParams(temperature=0, max_tokens=400))
+    request = AnswerRequest(
+        COUNT,
+        AnswerOptions(model="smollm2-135m", params=GenerationParams(temperature=0, max_tokens=400)),
+    )
     events: list[Event] = []
     async for event in services.orchestrator.answer(request):
         events.append(event)

@@ -7,7 +7,7 @@ from typing import Any
 
 from concilium.events import BackendSelected, Done, ErrorEvent, Token, Usage
 from concilium.llm.base import ChatMessage, GenerationParams, ResponseFormat
-from concilium.orchestrator.engine import AnswerRequest
+from concilium.orchestrator.request import AnswerOptions, AnswerRequest
 from concilium.services import running_services
 from tests.support.fake_llm_servers import Behaviour, FakeOllama
 
@@ -35,7 +35,9 @@ async def test_streams_and_maps_parameters_to_ollama_options(
         events = [
             e
             async for e in s.orchestrator.answer(
-                AnswerRequest([ChatMessage("user", "Compte")], "ol/llama3", params)
+                AnswerRequest(
+                    [ChatMessage("user", "Compte")], AnswerOptions(model="ol/llama3", params=params)
+                )
             )
         ]
         models = {m.id for m in await s.router.list_models()}
@@ -69,13 +71,13 @@ async def test_error_status_and_broken_lines_become_error_events(
         first = [
             e
             async for e in s.orchestrator.answer(
-                AnswerRequest([ChatMessage("user", "x")], "ol/missing")
+                AnswerRequest([ChatMessage("user", "x")], AnswerOptions(model="ol/missing"))
             )
         ]
         second = [
             e
             async for e in s.orchestrator.answer(
-                AnswerRequest([ChatMessage("user", "x")], "ol/llama3")
+                AnswerRequest([ChatMessage("user", "x")], AnswerOptions(model="ol/llama3"))
             )
         ]
     assert isinstance(first[-1], ErrorEvent)

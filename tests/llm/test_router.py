@@ -13,7 +13,7 @@ from concilium.errors import BackendTimeout, ModelNotFound
 from concilium.events import BackendSelected, Done, ErrorEvent, Event, Token, Usage
 from concilium.llm.base import ChatMessage, GenerationParams
 from concilium.llm.breaker import BreakerState
-from concilium.orchestrator.engine import AnswerRequest
+from concilium.orchestrator.request import AnswerOptions, AnswerRequest
 from concilium.services import Services, running_services
 from tests.support.fake_llm_servers import Behaviour, FakeOpenAI
 
@@ -36,8 +36,7 @@ async def _events(
     messages: list[ChatMessage] | None = None,
     **kw: Any,
 ) -> list[Event]:
-    params = kw.pop("params", GenerationParams())
-    request = AnswerRequest(messages or QUESTION, model, params, **kw)
+    request = AnswerRequest(messages or QUESTION, AnswerOptions(model=model, **kw))
     return [e async for e in services.orchestrator.answer(request)]
 
 

@@ -23,7 +23,7 @@ from concilium.orchestrator.consensus import (
     normalise_answer,
     vote,
 )
-from concilium.orchestrator.engine import AnswerRequest
+from concilium.orchestrator.request import AnswerOptions, AnswerRequest
 from concilium.services import Services, running_services
 from tests.conftest import TEST_MODEL, SettingsFactory
 from tests.support.fake_llm_servers import Behaviour, FakeOpenAI
@@ -116,7 +116,10 @@ def test_failed_workers_do_not_vote_and_agreement_picks_the_central_answer() -> 
 
 async def _events(services: Services, model: str, **request: Any) -> list[Event]:
     prepared = await services.orchestrator.prepare(
-        AnswerRequest(QUESTION, model=model, params=GenerationParams(max_tokens=32), **request)
+        AnswerRequest(
+            QUESTION,
+            AnswerOptions(model=model, params=GenerationParams(max_tokens=32), **request),
+        )
     )
     return [event async for event in services.orchestrator.stream(prepared)]
 
@@ -333,7 +336,8 @@ async def test_cache_keys_include_the_mode_and_the_profile(
         ]:
             prepared = await services.orchestrator.prepare(
                 AnswerRequest(
-                    QUESTION, model=model, mode=mode, params=GenerationParams(temperature=0)
+                    QUESTION,
+                    AnswerOptions(model=model, mode=mode, params=GenerationParams(temperature=0)),
                 )
             )
             _ = [e async for e in services.orchestrator.stream(prepared)]
@@ -349,10 +353,12 @@ async def test_unknown_profiles_and_conflicting_modes_are_refused(
 
     async for services in consensus_services({}):
         with pytest.raises(InvalidRequest, match="no consensus profile 'nope'"):
-            await services.orchestrator.prepare(AnswerRequest(QUESTION, model="consensus:nope"))
+            await services.orchestrator.prepare(
+                AnswerRequest(QUESTION, AnswerOptions(model="consensus:nope"))
+            )
         with pytest.raises(InvalidRequest, match="answers in mode consensus"):
             await services.orchestrator.prepare(
-                AnswerRequest(QUESTION, model="consensus:default", mode="rag")
+                AnswerRequest(QUESTION, AnswerOptions(model="consensus:default", mode="rag"))
             )
 
 

@@ -9,8 +9,8 @@ import pytest
 
 from concilium.events import Done
 from concilium.llm.base import ChatMessage, GenerationParams
-from concilium.orchestrator.engine import AnswerRequest
 from concilium.orchestrator.prompt import PromptParts
+from concilium.orchestrator.request import AnswerOptions, AnswerRequest
 from concilium.services import Services, running_services
 from tests.conftest import TEST_MODEL, SettingsFactory
 from tests.support.fake_llm_servers import Behaviour, FakeOpenAI
@@ -125,7 +125,10 @@ async def test_a_long_conversation_is_answered_with_its_summary(
         messages = [*_conversation(12), ChatMessage("user", "Thanks!")]
         prepared = await services.orchestrator.prepare(
             AnswerRequest(
-                messages, model=TEST_MODEL, mode="direct", params=GenerationParams(max_tokens=8)
+                messages,
+                AnswerOptions(
+                    model=TEST_MODEL, mode="direct", params=GenerationParams(max_tokens=8)
+                ),
             )
         )
         events = [e async for e in services.orchestrator.stream(prepared)]

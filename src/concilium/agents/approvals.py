@@ -15,13 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from concilium.agents.executor import ToolExecutor
 from concilium.agents.tools import ToolContext
-from concilium.auth.audit import Actor
-from concilium.auth.principal import Principal, Scope
+from concilium.auth.principal import OPERATOR, Principal, Scope
 from concilium.auth.quotas import Account
 from concilium.config import Settings
 from concilium.errors import Conflict, Forbidden, NotFound
 from concilium.llm.base import ChatMessage
-from concilium.orchestrator.engine import AnswerRequest
+from concilium.orchestrator.request import AnswerOptions, AnswerRequest
 from concilium.store.models import AgentApproval, Membership, Role, utcnow
 
 __all__ = ["Approvals", "Resumption", "RunState", "principal_json"]
@@ -92,7 +91,7 @@ class Approvals:
     async def decide(
         self,
         approval_id: str,
-        decider: Principal | None,
+        decider: Principal,
         *,
         approve: bool,
         reason: str = "",
@@ -119,7 +118,7 @@ class Approvals:
                     .where(AgentApproval.id == approval_id, AgentApproval.status == "pending")
                     .values(
                         status=status,
-                        decided_by=decider.user_id if decider else None,
+                        decided_by=decider.owner_id,
                         decided_at=utcnow(),
                         reason=reason or None,
                     )
@@ -131,7 +130,7 @@ class Approvals:
                     await self.audit.append(
                         s,
                         "tool.approval",
-                        actor=decider.actor if decider else Actor(),
+                        actor=decider.actor,
                         outcome=status,
                         target=approval.tool,
                         details={
@@ -149,7 +148,7 @@ class Approvals:
     async def decided(
         self,
         approval_id: str,
-        decider: Principal | None,
+        decider: Principal,
         *,
         approve: bool,
         reason: str = "",
@@ -163,8 +162,7 @@ class Approvals:
             account = Account(approval.owner_id, approval.workspace_id)
         request = AnswerRequest(
             messages=RunState.from_json(approval.state).messages,
-            model=approval.model,
-            mode="agent",
+            options=AnswerOptions(model=approval.model, mode="agent"),
             account=account,
             principal=resumption.context.principal,
             message_id=approval.message_id,
@@ -180,18 +178,14 @@ class Approvals:
         return Resumption(approval, approved, reason, context)
 
     @staticmethod
-    async def _role(
-        s: AsyncSession, approval: AgentApproval, decider: Principal | None
-    ) -> str | None:
-        if decider is None or approval.workspace_id is None:
+    async def _role(s: AsyncSession, approval: AgentApproval, decider: Principal) -> str | None:
+        if decider.is_operator or approval.workspace_id is None:
             return None
         member = await s.get(Membership, (approval.workspace_id, decider.user_id))
         return member.role if member is not None else None
 
-    def _may_decide(
-        self, approval: AgentApproval, decider: Principal | None, role: str | None
-    ) -> bool:
-        if decider is None:  # the operator decides on the operator's runs
+    def _may_decide(self, approval: AgentApproval, decider: Principal, role: str | None) -> bool:
+        if decider.is_operator:  # the operator decides on the operator's runs
             return approval.owner_id is None
         if role == Role.ADMIN:
             return True
@@ -202,7 +196,7 @@ class Approvals:
         )
 
     async def list(
-        self, viewer: Principal | None, *, status: str | None = "pending", limit: int = 100
+        self, viewer: Principal, *, status: str | None = "pending", limit: int = 100
     ) -> list[AgentApproval]:
         """Approvals the viewer may see: their own runs', and every one of the workspaces
         they administer. Pending ones past their time are shown as expired."""
@@ -215,7 +209,7 @@ class Approvals:
             query = select(AgentApproval).order_by(AgentApproval.created_at.desc()).limit(limit)
             if status is not None:
                 query = query.where(AgentApproval.status == status)
-            if viewer is None:
+            if viewer.is_operator:
                 query = query.where(AgentApproval.owner_id.is_(None))
             else:
                 administered = select(Membership.workspace_id).where(
@@ -229,7 +223,7 @@ class Approvals:
                 )
             return list((await s.scalars(query)).all())
 
-    async def get(self, approval_id: str, viewer: Principal | None) -> AgentApproval:
+    async def get(self, approval_id: str, viewer: Principal) -> AgentApproval:
         async with self.db.reader() as s:
             approval = await s.get(AgentApproval, approval_id)
             role = await self._role(s, approval, viewer) if approval is not None else None
@@ -238,8 +232,8 @@ class Approvals:
         return approval
 
 
-def _may_see(approval: AgentApproval, viewer: Principal | None, role: str | None) -> bool:
-    if viewer is None:
+def _may_see(approval: AgentApproval, viewer: Principal, role: str | None) -> bool:
+    if viewer.is_operator:
         return approval.owner_id is None
     return approval.owner_id == viewer.user_id or role == Role.ADMIN
 
@@ -256,8 +250,8 @@ def _message_from(data: dict[str, Any]) -> ChatMessage:
     return ChatMessage(data["role"], data["content"], calls, data.get("tool_call_id"))
 
 
-def principal_json(principal: Principal | None) -> dict[str, Any] | None:
-    if principal is None:
+def principal_json(principal: Principal) -> dict[str, Any] | None:
+    if principal.is_operator:
         return None
     return {
         "user_id": principal.user_id,
@@ -271,9 +265,9 @@ def principal_json(principal: Principal | None) -> dict[str, Any] | None:
     }
 
 
-def _principal_from(data: dict[str, Any] | None) -> Principal | None:
+def _principal_from(data: dict[str, Any] | None) -> Principal:
     if data is None:
-        return None
+        return OPERATOR
     return Principal(
         user_id=data["user_id"],
         username=data["username"],

@@ -21,7 +21,7 @@ from concilium.agents.mcp_client import McpConnection, connect_servers
 from concilium.agents.policy import PolicyDenied, ToolPolicy
 from concilium.agents.sandbox import Sandbox
 from concilium.agents.tools import Tool, ToolContext, ToolError, ToolRegistry
-from concilium.auth.audit import Actor, AuditLog
+from concilium.auth.audit import AuditLog
 from concilium.auth.principal import Principal
 from concilium.config import McpServerSettings, Settings
 from concilium.errors import ConciliumError
@@ -84,13 +84,13 @@ class ToolExecutor:
             await connection.close()
         self._connections.clear()
 
-    async def context_for(self, principal: Principal | None) -> ToolContext:
+    async def context_for(self, principal: Principal) -> ToolContext:
         """The context tools run in for this caller: their workspace's folder and role."""
-        workspace = principal.workspace_id if principal is not None else "local"
+        workspace = "local" if principal.is_operator else principal.workspace_id
         root = self.workspaces_dir / workspace
         root.mkdir(parents=True, exist_ok=True)
         role = None
-        if principal is not None:
+        if not principal.is_operator:
             async with self.db.reader() as s:
                 member = await s.get(Membership, (workspace, principal.user_id))
             role = member.role if member is not None else None
@@ -178,7 +178,7 @@ class ToolExecutor:
         duration = int((time.monotonic() - started) * 1000)
         outcome = {"ok": "success", "error": "failure", "denied": "denied", "pending": "pending"}
         principal = context.principal
-        actor = principal.actor if principal is not None else Actor()
+        actor = principal.actor
         async with self.db.session() as s:
             entry = await self.audit.append(
                 s,
@@ -190,7 +190,7 @@ class ToolExecutor:
                     "arguments": arguments[:_ARGUMENTS_KEPT],
                     "result": output[:_SUMMARY],
                     "duration_ms": duration,
-                    "workspace_id": principal.workspace_id if principal else None,
+                    "workspace_id": None if principal.is_operator else principal.workspace_id,
                 },
             )
         log.info("tool_executed", tool=name, status=status, duration_ms=duration)

@@ -42,11 +42,9 @@ class WorkspaceFiles:
         self.workspaces = workspaces
         self.max_bytes = max_bytes
 
-    async def folder(
-        self, principal: Principal | None, workspace_id: str | None, role: str
-    ) -> Path:
+    async def folder(self, principal: Principal, workspace_id: str | None, role: str) -> Path:
         """The workspace's folder, if the caller holds ``role`` there (404 otherwise)."""
-        if principal is None:
+        if principal.is_operator:
             workspace_id = workspace_id or OPERATOR_WORKSPACE
         else:
             workspace_id = workspace_id or principal.workspace_id
@@ -56,7 +54,7 @@ class WorkspaceFiles:
         return folder
 
     async def list(
-        self, principal: Principal | None, workspace_id: str | None, path: str = "."
+        self, principal: Principal, workspace_id: str | None, path: str = "."
     ) -> list[FileEntry]:
         folder = await self.folder(principal, workspace_id, Role.VIEWER)
         target = _inside(folder, path, must_exist=True)
@@ -64,7 +62,7 @@ class WorkspaceFiles:
             raise InvalidRequest(f"{path!r} is not a folder")
         return await asyncio.to_thread(_walk, folder, target)
 
-    async def read(self, principal: Principal | None, workspace_id: str | None, path: str) -> Path:
+    async def read(self, principal: Principal, workspace_id: str | None, path: str) -> Path:
         """The file to send (a regular file of the workspace)."""
         folder = await self.folder(principal, workspace_id, Role.VIEWER)
         target = _inside(folder, path, must_exist=True)
@@ -74,7 +72,7 @@ class WorkspaceFiles:
 
     async def write(
         self,
-        principal: Principal | None,
+        principal: Principal,
         workspace_id: str | None,
         path: str,
         data: bytes,
@@ -93,9 +91,7 @@ class WorkspaceFiles:
         await asyncio.to_thread(_write, target, data)
         return _entry(folder, target)
 
-    async def delete(
-        self, principal: Principal | None, workspace_id: str | None, path: str
-    ) -> None:
+    async def delete(self, principal: Principal, workspace_id: str | None, path: str) -> None:
         folder = await self.folder(principal, workspace_id, Role.MEMBER)
         target = _inside(folder, path, must_exist=True)
         if target == folder.resolve():

@@ -72,11 +72,11 @@ class ToolPolicy:
         if (
             configured
             and configured.workspaces
-            and principal is not None
+            and not principal.is_operator
             and principal.workspace_id not in configured.workspaces
         ):
             return Decision(False, reason=f"{tool.name!r} is not enabled in this workspace")
-        if principal is not None:
+        if not principal.is_operator:
             needed: str = Role.VIEWER if tool.risk == Risk.READ else Role.MEMBER
             if configured and configured.min_role:
                 needed = configured.min_role

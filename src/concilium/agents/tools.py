@@ -24,7 +24,7 @@ from typing import Any, ClassVar, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from concilium.auth.principal import ALL_SCOPES, Principal
+from concilium.auth.principal import Principal
 from concilium.plugins import KINDS, PluginError, load
 
 __all__ = [
@@ -58,8 +58,8 @@ class ToolError(Exception):
 class ToolContext:
     """What a running tool knows about its caller."""
 
-    #: The caller (None: the operator, from the command line).
-    principal: Principal | None
+    #: The caller (``OPERATOR``: from the command line).
+    principal: Principal
     #: The directory file and shell tools are confined to.
     root: Path
     #: Objects a tool may use (the knowledge service…), by name.
@@ -69,7 +69,7 @@ class ToolContext:
 
     @property
     def scopes(self) -> frozenset[str]:
-        return ALL_SCOPES if self.principal is None else self.principal.scopes
+        return self.principal.scopes
 
 
 def _check_tools(obj: Any) -> str | None:

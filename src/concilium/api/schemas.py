@@ -13,13 +13,17 @@ from pydantic import (
     model_validator,
 )
 
-from concilium.auth.principal import Principal, Scope
-from concilium.chat.service import TurnOptions
 from concilium.llm.base import GenerationParams, ResponseFormat
-from concilium.orchestrator.engine import RAG_PREFIX
+from concilium.orchestrator.request import (
+    AgentOptions,
+    AnswerOptions,
+    ConsensusOptions,
+    RetrievalOptions,
+)
 
 __all__ = [
     "ID_PATTERN",
+    "AgentFields",
     "GenerationFields",
     "Id",
     "ModelId",
@@ -87,8 +91,14 @@ class RetrievalOverrides(BaseModel):
     rerank: Annotated[str, Field(max_length=100)] | None = None
     mmr_lambda: Annotated[float, Field(ge=0, le=1)] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
+
+class AgentFields(BaseModel):
+    """Per-request options of mode agent."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_steps: Annotated[int, Field(ge=1, le=100)] | None = Field(
+        None, description="At most this many steps (never more than agents.max_iterations)."
+    )
 
 
 class GenerationFields(BaseModel):
@@ -126,6 +136,7 @@ class GenerationFields(BaseModel):
     retrieval: RetrievalOverrides | None = Field(
         None, description="Retrieval settings over the collections' own."
     )
+    agent: AgentFields | None = Field(None, description="Mode agent: its options.")
     cache: bool | None = Field(
         None, description="Force (true) or bypass (false) the response cache."
     )
@@ -143,21 +154,26 @@ class GenerationFields(BaseModel):
             response_format=self.response_format.to_domain() if self.response_format else None,
         )
 
-    def turn_options(self, principal: Principal) -> TurnOptions:
-        """The turn as the chat service takes it, with its caller (the agent's tools act
-        with their role and scopes). Grounded turns need ``knowledge:read``."""
-        if self.collections or self.mode == "rag" or (self.model or "").startswith(RAG_PREFIX):
-            principal.require(Scope.KNOWLEDGE_READ)
-        return TurnOptions(
+    def answer_options(self) -> AnswerOptions:
+        """The answer asked for, as the chat service takes it (scopes are checked when
+        the answer is prepared)."""
+        retrieval = self.retrieval or RetrievalOverrides()
+        return AnswerOptions(
             model=self.model,
-            params=self.params(),
             mode=self.mode,
+            params=self.params(),
             use_cache=self.cache,
-            collections=tuple(self.collections or ()),
-            retrieval=self.retrieval.to_dict() if self.retrieval else None,
-            principal=principal,
-            profile=self.profile,
-            reformulate=self.reformulate,
+            retrieval=RetrievalOptions(
+                collections=tuple(self.collections or ()),
+                reformulate=self.reformulate,
+                search=retrieval.mode,
+                k=retrieval.k,
+                min_score=retrieval.min_score,
+                rerank=retrieval.rerank,
+                mmr_lambda=retrieval.mmr_lambda,
+            ),
+            agent=AgentOptions(max_steps=self.agent.max_steps if self.agent else None),
+            consensus=ConsensusOptions(profile=self.profile),
         )
 
 

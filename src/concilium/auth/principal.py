@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from concilium.auth.audit import Actor
 from concilium.errors import Forbidden
 
-__all__ = ["ALL_SCOPES", "Principal", "Scope"]
+__all__ = ["ALL_SCOPES", "OPERATOR", "Principal", "Scope"]
 
 
 class Scope:
@@ -35,6 +35,10 @@ ALL_SCOPES = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class Principal:
+    """A caller: a user through a session or an API key, or the local operator
+    (``OPERATOR``: the CLI and the server's own housekeeping), who holds every scope,
+    spends nobody's quota and sees what belongs to no user."""
+
     user_id: str
     username: str
     is_admin: bool
@@ -44,6 +48,12 @@ class Principal:
     session_id: str | None = None
     api_key_id: str | None = None
     ip: str | None = None
+    is_operator: bool = False
+
+    @property
+    def owner_id(self) -> str | None:
+        """The user things made by this caller belong to; None for the operator."""
+        return None if self.is_operator else self.user_id
 
     def allows(self, scope: str) -> bool:
         return scope in self.scopes and (scope != Scope.ADMIN or self.is_admin)
@@ -55,4 +65,17 @@ class Principal:
 
     @property
     def actor(self) -> Actor:
+        if self.is_operator:
+            return Actor()
         return Actor(user_id=self.user_id, key_id=self.api_key_id, ip=self.ip)
+
+
+#: The local operator: whoever runs the CLI on the server's machine, with its files.
+OPERATOR = Principal(
+    user_id="",
+    username="operator",
+    is_admin=True,
+    scopes=ALL_SCOPES,
+    workspace_id="",
+    is_operator=True,
+)

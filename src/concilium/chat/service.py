@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, replace
 from typing import Any
 
 import structlog
@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from concilium import errors
-from concilium.auth.principal import Principal
+from concilium.auth.principal import OPERATOR, Principal
 from concilium.auth.quotas import Account
 from concilium.auth.workspaces import Workspaces
 from concilium.bus import AnswerCompleted, AnswerStarted, EventBus, LocalBus
@@ -40,6 +40,7 @@ from concilium.llm.base import ChatMessage, GenerationParams
 from concilium.observability.metrics import Metrics
 from concilium.orchestrator.engine import (
     RAG_PREFIX,
+    AnswerOptions,
     AnswerRequest,
     Orchestrator,
     PreparedAnswer,
@@ -57,28 +58,11 @@ from concilium.store.models import (
     new_id,
 )
 
-__all__ = ["ChatService", "Generation", "TurnOptions", "error_for"]
+__all__ = ["ChatService", "Generation", "error_for"]
 
 log = structlog.get_logger(__name__)
 _TITLE_CHARS = 80
 _CANCEL_POLL = 0.5  # seconds between looks for cancellations asked by other processes
-
-
-@dataclass(frozen=True, slots=True)
-class TurnOptions:
-    model: str | None = None
-    params: GenerationParams = field(default_factory=GenerationParams)
-    mode: str = "auto"
-    use_cache: bool | None = None
-    #: Ground the answer in these knowledge collections (mode "rag").
-    collections: tuple[str, ...] = ()
-    retrieval: dict[str, Any] | None = None
-    #: The caller, for agent tools (policy, audit, workspace).
-    principal: Principal | None = None
-    #: Mode consensus: the profile.
-    profile: str | None = None
-    #: Rewrite follow-ups before retrieval (None: the settings decide).
-    reformulate: bool | None = None
 
 
 class Generation:
@@ -271,7 +255,8 @@ class ChatService:
         content: str,
         *,
         parent_id: str | None = None,
-        options: TurnOptions = TurnOptions(),
+        options: AnswerOptions = AnswerOptions(),
+        principal: Principal = OPERATOR,
     ) -> Generation:
         """Add a user message (below ``parent_id`` or the active leaf) and answer it."""
         self.check_content(content)
@@ -287,7 +272,7 @@ class ChatService:
             user = await repo.add_message(
                 s, conversation, role="user", content=content, parent_id=parent
             )
-            pending = await self._prepare(s, owner, conversation, history, user, options)
+            pending = await self._prepare(s, owner, conversation, history, user, options, principal)
         return self._launch(*pending)
 
     async def edit(
@@ -297,7 +282,8 @@ class ChatService:
         message_id: str,
         content: str,
         *,
-        options: TurnOptions = TurnOptions(),
+        options: AnswerOptions = AnswerOptions(),
+        principal: Principal = OPERATOR,
     ) -> Generation:
         """A new version of a user message, as a sibling branch, answered anew."""
         self.check_content(content)
@@ -311,7 +297,7 @@ class ChatService:
             user = await repo.add_message(
                 s, conversation, role="user", content=content, parent_id=original.parent_id
             )
-            pending = await self._prepare(s, owner, conversation, history, user, options)
+            pending = await self._prepare(s, owner, conversation, history, user, options, principal)
         return self._launch(*pending)
 
     async def regenerate(
@@ -320,7 +306,8 @@ class ChatService:
         conversation_id: str,
         message_id: str,
         *,
-        options: TurnOptions = TurnOptions(),
+        options: AnswerOptions = AnswerOptions(),
+        principal: Principal = OPERATOR,
     ) -> Generation:
         """Another answer to the same question: a sibling of an answer, or a child of a question."""
         async with self.db.session() as s:
@@ -336,7 +323,7 @@ class ChatService:
                 raise InvalidRequest(f"cannot regenerate a {target.role} message")
             messages = await repo.list_messages(s, conversation_id)
             history = repo.branch_path(messages, user.parent_id)
-            pending = await self._prepare(s, owner, conversation, history, user, options)
+            pending = await self._prepare(s, owner, conversation, history, user, options, principal)
         return self._launch(*pending)
 
     async def cancel(self, owner: Account | None, conversation_id: str, message_id: str) -> bool:
@@ -452,7 +439,8 @@ class ChatService:
         conversation: Conversation,
         history: Sequence[Message],
         user: Message,
-        options: TurnOptions,
+        options: AnswerOptions,
+        principal: Principal,
     ) -> tuple[Generation, PreparedAnswer]:
         model = options.model or conversation.model or "default"
         account = None
@@ -461,17 +449,10 @@ class ChatService:
         assistant_id = new_id()
         request = AnswerRequest(
             messages=self._prompt(conversation, history, user),
-            model=model,
-            params=options.params,
-            mode=options.mode,
-            use_cache=options.use_cache,
+            options=replace(options, model=model),
+            principal=principal,
             account=account,
-            collections=options.collections,
-            retrieval=options.retrieval,
-            principal=options.principal,
             message_id=assistant_id,
-            profile=options.profile,
-            reformulate=options.reformulate,
         )
         prepared = await self.orchestrator.prepare(request)  # 4xx here rolls the turn back
         assistant = await repo.add_message(

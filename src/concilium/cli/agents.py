@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from concilium.auth.principal import OPERATOR
 from concilium.cli.common import ConfigOption, err, quiet_logs, settings_for
 from concilium.config import Settings
 
@@ -30,7 +31,7 @@ def tools_list(config: ConfigOption = None) -> None:
     settings = settings_for(config)
     db = Database(settings.database_url)
     executor = build_tools(settings, AuditLog(settings, db), db)
-    context = ToolContext(principal=None, root=settings.workspaces_dir / "local")
+    context = ToolContext(principal=OPERATOR, root=settings.workspaces_dir / "local")
     table = Table("tool", "risk", "policy", "description")
     for item in executor.registry:
         decision = executor.policy.decide(item, context)
@@ -61,13 +62,13 @@ def agent(
 async def _agent(settings: Settings, task: str, model: str, as_json: bool, yes: bool) -> int:
     from concilium.errors import ConciliumError
     from concilium.llm.base import ChatMessage
-    from concilium.orchestrator.engine import AnswerRequest
+    from concilium.orchestrator.request import AnswerOptions, AnswerRequest
     from concilium.services import running_services
 
     async with running_services(settings) as services:
         try:
             prepared = await services.orchestrator.prepare(
-                AnswerRequest([ChatMessage("user", task)], model, mode="agent")
+                AnswerRequest([ChatMessage("user", task)], AnswerOptions(model=model, mode="agent"))
             )
         except ConciliumError as exc:
             err.print(f"[red]{exc.code}:[/] {exc.detail}")
@@ -92,7 +93,7 @@ async def _agent(settings: Settings, task: str, model: str, as_json: bool, yes: 
 async def _resumed(services: Any, approval_id: str, approve: bool, reason: str) -> Any:
     """The run of an approval, decided by the operator, ready to go on."""
     request, resumption = await services.approvals.decided(
-        approval_id, None, approve=approve, reason=reason
+        approval_id, OPERATOR, approve=approve, reason=reason
     )
     return await services.orchestrator.prepare(request, context=resumption)
 
@@ -158,7 +159,7 @@ async def _approvals_list(settings: Settings, status: str) -> None:
     from concilium.services import running_services
 
     async with running_services(settings) as services:
-        rows = await services.approvals.list(None, status=None if status == "all" else status)
+        rows = await services.approvals.list(OPERATOR, status=None if status == "all" else status)
     table = Table("id", "status", "tool", "arguments", "created", "expires")
     for row in rows:
         table.add_row(
@@ -238,7 +239,7 @@ async def _mcp(settings: Settings) -> None:
     from concilium.services import running_services
 
     async with running_services(settings) as services:
-        context = await services.tools.context_for(None)
+        context = await services.tools.context_for(OPERATOR)
 
         async def operator(_request: object) -> ToolContext:
             return context

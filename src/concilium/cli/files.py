@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from concilium.auth.principal import OPERATOR
 from concilium.cli.common import ConfigOption, err, settings_for
 from concilium.errors import ConciliumError
 
@@ -59,7 +60,7 @@ def files_list(
     config: ConfigOption = None,
 ) -> None:
     """The files and folders (size in bytes, last change)."""
-    entries = _run(_files(config).list(None, workspace, path))
+    entries = _run(_files(config).list(OPERATOR, workspace, path))
     table = Table("path", "size", "modified")
     for entry in entries:
         name = entry.path + ("/" if entry.kind == "folder" else "")
@@ -88,7 +89,7 @@ def files_put(
     else:
         err.print(f"[red]{source} is not a file[/]")
         raise typer.Exit(2)
-    entry = _run(_files(config).write(None, workspace, name, data))
+    entry = _run(_files(config).write(OPERATOR, workspace, name, data))
     err.print(f"{entry.path} ({entry.size} bytes)")
 
 
@@ -102,7 +103,7 @@ def files_get(
     config: ConfigOption = None,
 ) -> None:
     """Copy a file out of the workspace."""
-    target = _run(_files(config).read(None, workspace, path))
+    target = _run(_files(config).read(OPERATOR, workspace, path))
     if destination is None or str(destination) == "-":
         with target.open("rb") as handle:
             shutil.copyfileobj(handle, sys.stdout.buffer)
@@ -117,4 +118,4 @@ def files_rm(
     config: ConfigOption = None,
 ) -> None:
     """Delete a file or a folder (with what it holds) of the workspace."""
-    _run(_files(config).delete(None, workspace, path))
+    _run(_files(config).delete(OPERATOR, workspace, path))

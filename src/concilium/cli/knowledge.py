@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
+from concilium.auth.principal import OPERATOR
 from concilium.cli.common import ConfigOption, err, quiet_logs, settings_for
 from concilium.config import Settings
 from concilium.errors import ConciliumError, NotFound
@@ -84,7 +85,7 @@ async def find_collection(services: Any, workspace_id: str, ref: str) -> Any:
         )
     if found is not None:
         return found
-    return await services.knowledge.collection(None, ref)
+    return await services.knowledge.collection(OPERATOR, ref)
 
 
 def _run(settings: Settings, work: Any) -> Any:
@@ -129,15 +130,15 @@ def ingest(
             target = await find_collection(services, workspace_id, collection)
         except NotFound:
             target = await knowledge.create_collection(
-                None, collection, workspace_id=workspace_id, embedder=embedder
+                OPERATOR, collection, workspace_id=workspace_id, embedder=embedder
             )
             err.print(f"created collection [bold]{target.name}[/] ({target.embedder})")
         # A run that was killed left its job unfinished: it resumes first, where it was.
-        for unfinished in reversed(await knowledge.jobs(None, target.id)):
+        for unfinished in reversed(await knowledge.jobs(OPERATOR, target.id)):
             if unfinished.status in ("queued", "running"):
                 err.print(f"resuming job {unfinished.id}")
                 await knowledge.run_here(unfinished.id)
-        job = await knowledge.ingest_paths(None, target.id, paths, tags=tag or [])
+        job = await knowledge.ingest_paths(OPERATOR, target.id, paths, tags=tag or [])
         with Progress(
             "[progress.description]{task.description}",
             BarColumn(),
@@ -146,13 +147,13 @@ def ingest(
             console=err,
             transient=not err.is_terminal,
         ) as progress:
-            total = (await knowledge.job(None, job.id)).progress.total
+            total = (await knowledge.job(OPERATOR, job.id)).progress.total
             parsed = progress.add_task("parsed", total=total)
             indexed = progress.add_task("indexed", total=total)
             runner = asyncio.create_task(knowledge.run_here(job.id))
             while True:
                 done = runner.done()
-                report = await knowledge.job(None, job.id)
+                report = await knowledge.job(OPERATOR, job.id)
                 p = report.progress
                 finished = p.indexed + p.skipped + p.failed + p.cancelled
                 progress.update(parsed, completed=finished + p.chunked)
@@ -161,7 +162,7 @@ def ingest(
                     break
                 await asyncio.sleep(0.3)
             await runner
-        return target, await knowledge.job(None, job.id)
+        return target, await knowledge.job(OPERATOR, job.id)
 
     target, report = _run(settings, work)
     p = report.progress
@@ -198,7 +199,7 @@ def search(
         workspace_id = await operator_workspace(services, user)
         ids = [(await find_collection(services, workspace_id, c)).id for c in collection]
         options = {"k": k, "mode": mode, "rerank": rerank}
-        return await services.knowledge.search(None, query, ids, options=options)
+        return await services.knowledge.search(OPERATOR, query, ids, options=options)
 
     hits = _run(settings, work)
     if as_json:
@@ -235,7 +236,7 @@ def collections_list(user: UserOption = None, config: ConfigOption = None) -> No
     quiet_logs(settings)
 
     async def work(services: Any) -> Any:
-        return await services.knowledge.list_collections(None)
+        return await services.knowledge.list_collections(OPERATOR)
 
     table = Table("name", "id", "embedder", "documents", "chunks", "state")
     for c, stats in _run(settings, work):

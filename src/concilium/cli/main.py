@@ -208,7 +208,12 @@ async def _ask(
         WorkerProgress,
     )
     from concilium.llm.base import ChatMessage
-    from concilium.orchestrator.engine import AnswerRequest
+    from concilium.orchestrator.request import (
+        AnswerOptions,
+        AnswerRequest,
+        ConsensusOptions,
+        RetrievalOptions,
+    )
     from concilium.services import running_services
 
     prompt = default_prompt(settings, text, model) if system is None else system
@@ -223,11 +228,14 @@ async def _ask(
                 collections = tuple(
                     [(await find_collection(services, workspace_id, c)).id for c in collections]
                 )
-            prepared = await services.orchestrator.prepare(
-                AnswerRequest(
-                    messages, model, params, mode=mode, collections=collections, profile=profile
-                )
+            options = AnswerOptions(
+                model=model,
+                mode=mode,
+                params=params,
+                retrieval=RetrievalOptions(collections=collections),
+                consensus=ConsensusOptions(profile=profile),
             )
+            prepared = await services.orchestrator.prepare(AnswerRequest(messages, options))
         except ConciliumError as exc:
             err.print(f"[red]{exc.code}:[/] {exc.detail}")
             return 1
@@ -379,8 +387,8 @@ def chat(
     config: ConfigOption = None,
 ) -> None:
     """Interactive chat in the terminal; answers stream, Ctrl-C stops one, Ctrl-D leaves."""
-    from concilium.chat.service import TurnOptions
     from concilium.events import ErrorEvent, MessageStarted, RouteChosen, Token, WorkerProgress
+    from concilium.orchestrator.request import AnswerOptions
     from concilium.services import Services
 
     settings = _settings(config)
@@ -423,7 +431,7 @@ def chat(
                 text = line.strip()
                 if not text:
                     continue
-                options = TurnOptions(model=model, mode=mode)
+                options = AnswerOptions(model=model, mode=mode)
                 if text in ("/exit", "/quit"):
                     break
                 if text == "/help":

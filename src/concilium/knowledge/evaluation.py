@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from concilium.auth.principal import OPERATOR
 from concilium.config import Settings
 from concilium.errors import InvalidRequest
 
@@ -143,7 +144,7 @@ async def evaluate(
                 workspace = Workspace(name="evaluation")
                 s.add(workspace)
             collection = await knowledge.create_collection(
-                None, "eval", workspace_id=workspace.id, embedder=embedder
+                OPERATOR, "eval", workspace_id=workspace.id, embedder=embedder
             )
             from concilium.knowledge.service import Upload
 
@@ -152,9 +153,9 @@ async def evaluate(
                 Upload(f"{doc_id}.md", _as_markdown(title, text).encode())
                 for doc_id, (title, text) in dataset.corpus.items()
             ]
-            job = await knowledge.ingest(None, collection.id, uploads)
+            job = await knowledge.ingest(OPERATOR, collection.id, uploads)
             await knowledge.run_here(job.id)
-            report = await knowledge.job(None, job.id)
+            report = await knowledge.job(OPERATOR, job.id)
             ingest_seconds = time.perf_counter() - started
             # Empty corpus entries fail ("nothing to index") and simply cannot be found.
             ingestion = {
@@ -176,7 +177,7 @@ async def evaluate(
                 started = time.perf_counter()
                 for done, qid in enumerate(query_ids, 1):
                     hits = await knowledge.search(
-                        None, dataset.queries[qid], [collection.id], options=options
+                        OPERATOR, dataset.queries[qid], [collection.id], options=options
                     )
                     rankings[qid] = _documents(h.source for h in hits)
                     if progress:

@@ -3,7 +3,8 @@ and search, with the workspace's access rules.
 
 Access: a workspace's viewers read and search its collections, members add and remove
 documents and change settings, admins delete collections. Callers outside the workspace
-get 404, as for the workspace itself. ``principal=None`` is the local operator (the CLI).
+get 404, as for the workspace itself. ``OPERATOR`` (the CLI) reaches
+every workspace.
 """
 
 from __future__ import annotations
@@ -176,10 +177,8 @@ class KnowledgeService:
 
     # -- access ---------------------------------------------------------------------------
 
-    async def _require(
-        self, principal: Principal | None, collection: Collection, role: str
-    ) -> None:
-        if principal is None:
+    async def _require(self, principal: Principal, collection: Collection, role: str) -> None:
+        if principal.is_operator:
             return
         actual = await self.workspaces.role_of(principal.user_id, collection.workspace_id)
         if actual is None:
@@ -187,7 +186,7 @@ class KnowledgeService:
         await self.workspaces.require(principal, collection.workspace_id, role)
 
     async def collection(
-        self, principal: Principal | None, ref: str, role: str = Role.VIEWER
+        self, principal: Principal, ref: str, role: str = Role.VIEWER
     ) -> Collection:
         """A collection by id, or by name (the caller's default workspace first)."""
         async with self.db.reader() as s:
@@ -195,7 +194,7 @@ class KnowledgeService:
             if found is None:
                 query = select(Collection).where(Collection.name == ref)
                 candidates = list((await s.scalars(query)).all())
-                if principal is not None:
+                if not principal.is_operator:
                     preferred = [c for c in candidates if c.workspace_id == principal.workspace_id]
                     visible = []
                     for c in preferred or candidates:
@@ -214,7 +213,7 @@ class KnowledgeService:
 
     async def create_collection(
         self,
-        principal: Principal | None,
+        principal: Principal,
         name: str,
         *,
         workspace_id: str | None = None,
@@ -229,10 +228,10 @@ class KnowledgeService:
                 "starting with a letter or digit"
             )
         if workspace_id is None:
-            if principal is None:
+            if principal.is_operator:
                 raise InvalidRequest("a workspace is needed to create a collection")
             workspace_id = principal.workspace_id
-        if principal is not None:
+        if not principal.is_operator:
             await self.workspaces.require(principal, workspace_id, Role.MEMBER)
         embedder = embedder or self.embedders.default
         self.embedders.validate(embedder)
@@ -244,7 +243,7 @@ class KnowledgeService:
                     raise NotFound(f"workspace {workspace_id} not found")
                 collection = Collection(
                     workspace_id=workspace_id,
-                    created_by=principal.user_id if principal else None,
+                    created_by=principal.owner_id,
                     name=name,
                     description=description,
                     embedder=embedder,
@@ -257,15 +256,15 @@ class KnowledgeService:
         return collection
 
     async def list_collections(
-        self, principal: Principal | None, workspace_id: str | None = None
+        self, principal: Principal, workspace_id: str | None = None
     ) -> list[tuple[Collection, CollectionStats]]:
         async with self.db.reader() as s:
             query = select(Collection).order_by(Collection.name)
             if workspace_id is not None:
-                if principal is not None:
+                if not principal.is_operator:
                     await self.workspaces.require(principal, workspace_id, Role.VIEWER)
                 query = query.where(Collection.workspace_id == workspace_id)
-            elif principal is not None:
+            elif not principal.is_operator:
                 mine = [w.id for w, _ in await self.workspaces.list_for(principal.user_id)]
                 query = query.where(Collection.workspace_id.in_(mine))
             collections = list((await s.scalars(query)).all())
@@ -306,7 +305,7 @@ class KnowledgeService:
 
     async def update_collection(
         self,
-        principal: Principal | None,
+        principal: Principal,
         ref: str,
         *,
         name: str | None = None,
@@ -357,7 +356,7 @@ class KnowledgeService:
                         fresh.pending_embedder, fresh.state = embedder, "reembedding"
                         job = IngestJob(
                             collection_id=fresh.id,
-                            created_by=principal.user_id if principal else None,
+                            created_by=principal.owner_id,
                             kind="reembed",
                         )
                         s.add(job)
@@ -368,7 +367,7 @@ class KnowledgeService:
             await self._enqueue(job.id)
         return collection, job
 
-    async def delete_collection(self, principal: Principal | None, ref: str) -> None:
+    async def delete_collection(self, principal: Principal, ref: str) -> None:
         collection = await self.collection(principal, ref, Role.ADMIN)
         async with self.db.session() as s:
             await s.execute(delete(IndexOp).where(IndexOp.collection_id == collection.id))
@@ -379,7 +378,7 @@ class KnowledgeService:
     # -- documents ------------------------------------------------------------------------
 
     async def list_documents(
-        self, principal: Principal | None, ref: str, *, offset: int = 0, limit: int = 100
+        self, principal: Principal, ref: str, *, offset: int = 0, limit: int = 100
     ) -> tuple[list[tuple[Document, DocumentVersion | None, int]], int]:
         """(document, current version, chunks) page, and the total count."""
         collection = await self.collection(principal, ref)
@@ -408,7 +407,7 @@ class KnowledgeService:
         return [(d, v, counts.get(v.id, 0) if v else 0) for d, v in pairs], int(total or 0)
 
     async def document(
-        self, principal: Principal | None, document_id: str, role: str = Role.VIEWER
+        self, principal: Principal, document_id: str, role: str = Role.VIEWER
     ) -> tuple[Document, list[DocumentVersion]]:
         async with self.db.reader() as s:
             document = await s.get(Document, document_id)
@@ -432,7 +431,7 @@ class KnowledgeService:
         return document, versions
 
     async def chunks(
-        self, principal: Principal | None, document_id: str, version_id: str | None = None
+        self, principal: Principal, document_id: str, version_id: str | None = None
     ) -> list[ChunkRecord]:
         document, versions = await self.document(principal, document_id)
         wanted = version_id or document.current_version_id
@@ -450,7 +449,7 @@ class KnowledgeService:
             )
 
     async def original(
-        self, principal: Principal | None, document_id: str, version_id: str | None = None
+        self, principal: Principal, document_id: str, version_id: str | None = None
     ) -> tuple[DocumentVersion, Path | bytes]:
         """The version and its original: a local file when the store has one, else the
         bytes."""
@@ -467,7 +466,7 @@ class KnowledgeService:
                     raise NotFound("the original of this version is gone") from exc
         raise NotFound("no such version of this document")
 
-    async def delete_document(self, principal: Principal | None, document_id: str) -> None:
+    async def delete_document(self, principal: Principal, document_id: str) -> None:
         """Out of the indexes and the database; the original file stays in the file store
         (other versions or documents may share it)."""
         document, _ = await self.document(principal, document_id, Role.MEMBER)
@@ -493,7 +492,7 @@ class KnowledgeService:
 
     async def ingest(
         self,
-        principal: Principal | None,
+        principal: Principal,
         ref: str,
         uploads: Iterable[Upload],
         *,
@@ -508,7 +507,7 @@ class KnowledgeService:
 
     async def ingest_paths(
         self,
-        principal: Principal | None,
+        principal: Principal,
         ref: str,
         paths: Iterable[Path],
         *,
@@ -573,14 +572,12 @@ class KnowledgeService:
         )
 
     async def _queue(
-        self, principal: Principal | None, collection: Collection, items: list[IngestItem]
+        self, principal: Principal, collection: Collection, items: list[IngestItem]
     ) -> IngestJob:
         if not items:
             raise InvalidRequest("no files to ingest")
         async with self.db.session() as s:
-            job = IngestJob(
-                collection_id=collection.id, created_by=principal.user_id if principal else None
-            )
+            job = IngestJob(collection_id=collection.id, created_by=principal.owner_id)
             s.add(job)
             await s.flush()
             for item in items:
@@ -590,7 +587,7 @@ class KnowledgeService:
         log.info("ingest_job_queued", job_id=job.id, files=len(items))
         return job
 
-    async def job(self, principal: Principal | None, job_id: str) -> JobReport:
+    async def job(self, principal: Principal, job_id: str) -> JobReport:
         async with self.db.reader() as s:
             job = await s.get(IngestJob, job_id)
             if job is None:
@@ -628,7 +625,7 @@ class KnowledgeService:
         progress = Progress(**{k: v for k, v in counts.items() if k in Progress.__annotations__})
         return JobReport(job, progress, int(chunks or 0), failures)
 
-    async def jobs(self, principal: Principal | None, ref: str, limit: int = 50) -> list[IngestJob]:
+    async def jobs(self, principal: Principal, ref: str, limit: int = 50) -> list[IngestJob]:
         collection = await self.collection(principal, ref)
         async with self.db.reader() as s:
             return list(
@@ -642,7 +639,7 @@ class KnowledgeService:
                 ).all()
             )
 
-    async def cancel_job(self, principal: Principal | None, job_id: str) -> JobReport:
+    async def cancel_job(self, principal: Principal, job_id: str) -> JobReport:
         """Stop a job: files not yet searchable are dropped (their partial versions too);
         what was already indexed stays."""
         report = await self.job(principal, job_id)
@@ -678,7 +675,7 @@ class KnowledgeService:
             await self.queue.cancel(queued.id)
         return await self.job(principal, job_id)
 
-    async def retry_job(self, principal: Principal | None, job_id: str) -> JobReport:
+    async def retry_job(self, principal: Principal, job_id: str) -> JobReport:
         """Queue the job's failed files again (after a fix, or a raised limit)."""
         report = await self.job(principal, job_id)
         await self._require_member(principal, report.job)
@@ -704,7 +701,7 @@ class KnowledgeService:
         await self._enqueue(job_id)
         return await self.job(principal, job_id)
 
-    async def _require_member(self, principal: Principal | None, job: IngestJob) -> None:
+    async def _require_member(self, principal: Principal, job: IngestJob) -> None:
         async with self.db.reader() as s:
             collection = await s.get(Collection, job.collection_id)
         assert collection is not None
@@ -714,7 +711,7 @@ class KnowledgeService:
 
     async def search(
         self,
-        principal: Principal | None,
+        principal: Principal,
         query: str,
         refs: Sequence[str],
         *,

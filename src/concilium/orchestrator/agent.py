@@ -297,7 +297,9 @@ class AgentMode:
                 response_format=ResponseFormat("json_schema", _schema(available), "agent_step"),
             )
         started = time.monotonic() - state.seconds
-        while state.steps_done < limits.max_iterations:
+        asked = prepared.request.options.agent.max_steps
+        max_steps = min(limits.max_iterations, asked or limits.max_iterations)
+        while state.steps_done < max_steps:
             step_number = state.steps_done + 1
             spent = ""
             if time.monotonic() - started > limits.max_seconds:
@@ -433,9 +435,9 @@ class AgentMode:
                     return
                 state.used.append(call.tool)
                 _observe(state, call.tool, call.arguments, outcome.status, outcome.output, call.id)
-        yield Token(f"I stopped after {limits.max_iterations} steps without reaching an answer.")
+        yield Token(f"I stopped after {max_steps} steps without reaching an answer.")
         yield Usage(state.prompt_tokens, state.completion_tokens)
-        yield Done("length", {"steps": limits.max_iterations, "tools": state.used})
+        yield Done("length", {"steps": max_steps, "tools": state.used})
 
     async def _write_answer(
         self, prepared: PreparedAnswer, state: RunState, draft: str
@@ -487,8 +489,8 @@ class AgentMode:
         tool = self.tools.registry.get(call.tool)
         approval = AgentApproval(
             id=new_id(),
-            owner_id=principal.user_id if principal else None,
-            workspace_id=principal.workspace_id if principal else None,
+            owner_id=principal.owner_id,
+            workspace_id=None if principal.is_operator else principal.workspace_id,
             message_id=request.message_id,
             model=request.model,
             call_id=call.id,

@@ -212,7 +212,7 @@ class ConsensusMode:
         return self.settings.orchestration.consensus
 
     async def prepare(self, request: AnswerRequest) -> ConsensusContext:
-        name = request.profile or "default"
+        name = request.options.consensus.profile or "default"
         profile = self.profiles.get(name)
         if profile is None:
             known = ", ".join(self.profiles) or "none"
@@ -259,7 +259,7 @@ class ConsensusMode:
             async with asyncio.timeout(worker.timeout_seconds):
                 route = self.router.resolve(worker.model)
                 async for event in self.router.stream(
-                    route, messages, params, use_cache=request.use_cache, cache_scope=scope
+                    route, messages, params, use_cache=request.options.use_cache, cache_scope=scope
                 ):
                     if isinstance(event, Token):
                         parts.append(event.text)
@@ -473,7 +473,7 @@ class ConsensusMode:
             route,
             messages,
             replace(request.params, logprobs=False),
-            use_cache=request.use_cache,
+            use_cache=request.options.use_cache,
             cache_scope=f"consensus:{name}:merger{owner}",
         ):
             yield event

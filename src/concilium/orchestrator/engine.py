@@ -7,13 +7,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
-from concilium.auth.principal import Principal
 from concilium.auth.quotas import Account, UsageMeter
 from concilium.errors import ConciliumError, InvalidRequest
 from concilium.events import (
@@ -25,15 +24,26 @@ from concilium.events import (
     RouteChosen,
     Usage,
 )
-from concilium.llm.base import ChatMessage, GenerationParams
+from concilium.llm.base import ChatMessage
 from concilium.llm.router import Route, Router
 from concilium.orchestrator.prompt import PromptBuilder, PromptParts
+from concilium.orchestrator.request import (
+    AGENT_MODEL,
+    CONSENSUS_MODEL,
+    MODES,
+    RAG_PREFIX,
+    AnswerOptions,
+    AnswerRequest,
+    check_scopes,
+    expand_model_id,
+)
 
 __all__ = [
     "AGENT_MODEL",
     "CONSENSUS_MODEL",
     "MODES",
     "RAG_PREFIX",
+    "AnswerOptions",
     "AnswerRequest",
     "AutoRouting",
     "Mode",
@@ -41,44 +51,9 @@ __all__ = [
     "PreparedAnswer",
     "check_sizes",
     "expand_model_id",
-    "expand_rag_model",
 ]
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class AnswerRequest:
-    messages: Sequence[ChatMessage]
-    model: str = "default"
-    params: GenerationParams = field(default_factory=GenerationParams)
-    mode: str = "auto"
-    use_cache: bool | None = None
-    #: Whose quota the answer spends; None for the local operator (CLI).
-    account: Account | None = None
-    #: Knowledge collections (ids or names) a grounded answer draws on.
-    collections: tuple[str, ...] = ()
-    #: Retrieval settings over the collection's own (k, mode, rerank, min_score…).
-    retrieval: dict[str, Any] | None = None
-    #: Who asks, for the agent's tools (policy, audit, workspace); None: the operator.
-    principal: Principal | None = None
-    #: The stored assistant message this answer fills, when it is a conversation turn.
-    message_id: str | None = None
-    #: Mode consensus: the profile (settings ``orchestration.consensus``); None: default.
-    profile: str | None = None
-    #: Rewrite follow-ups before retrieval (None: the settings decide).
-    reformulate: bool | None = None
-
-
-#: Modes a request may name; ``auto`` lets the router pick among the others.
-MODES = ("auto", "direct", "rag", "agent", "consensus")
-#: ``rag:<collection>`` or ``rag:<collection>@<model>``: a grounded answer as a model id,
-#: for clients that only know how to pick a model.
-RAG_PREFIX = "rag:"
-#: ``agent`` or ``agent:<model>``: Concilium's agent, its tools under the policy.
-AGENT_MODEL = "agent"
-#: ``consensus`` or ``consensus:<profile>``: several models answer, one answer comes out.
-CONSENSUS_MODEL = "consensus"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +92,7 @@ class DirectMode:
         req = prepared.request
         # Cached answers are shared only within one account's own requests.
         scope = self.name if req.account is None else f"{self.name}:{req.account.user_id}"
+        options = req.options
         messages = list(req.messages)
         report: dict[str, Any] | None = None
         if self.prompts is not None and messages:
@@ -132,53 +108,11 @@ class DirectMode:
                 if built.report.get("summarised") or built.report.get("dropped"):
                     report = built.report
         async for event in self.router.stream(
-            prepared.route, messages, req.params, use_cache=req.use_cache, cache_scope=scope
+            prepared.route, messages, options.params, use_cache=options.use_cache, cache_scope=scope
         ):
             if report is not None and isinstance(event, Done):
                 event = Done(event.finish_reason, {**event.extra, "context": report})
             yield event
-
-
-def expand_rag_model(request: AnswerRequest) -> AnswerRequest:
-    """``model="rag:notes@qwen"`` → mode rag over collection "notes", answered by "qwen"."""
-    if not request.model.startswith(RAG_PREFIX):
-        return request
-    collection, _, model = request.model[len(RAG_PREFIX) :].partition("@")
-    if not collection.strip():
-        raise InvalidRequest("model rag:<collection> needs a collection name", param="model")
-    if request.mode not in ("auto", "rag"):
-        raise InvalidRequest(f"model {request.model!r} answers in mode rag", param="model")
-    return replace(
-        request,
-        model=model.strip() or "default",
-        mode="rag",
-        collections=(*request.collections, collection.strip()),
-    )
-
-
-def _expand_prefixed(request: AnswerRequest, prefix: str, mode: str) -> AnswerRequest:
-    """``agent[:<model>]`` and ``consensus[:<profile>]`` as model ids."""
-    rest = request.model[len(prefix) :]
-    if rest and not rest.startswith(":"):
-        return request
-    if request.mode not in ("auto", mode):
-        raise InvalidRequest(f"model {request.model!r} answers in mode {mode}", param="model")
-    value = rest[1:].strip()
-    if mode == "consensus":
-        return replace(request, model="default", mode=mode, profile=value or request.profile)
-    return replace(request, model=value or "default", mode=mode)
-
-
-def expand_model_id(request: AnswerRequest) -> AnswerRequest:
-    """Model ids that name a mode: ``rag:<collection>[@<model>]``, ``agent[:<model>]``,
-    ``consensus[:<profile>]``."""
-    if request.model.startswith(RAG_PREFIX):
-        return expand_rag_model(request)
-    if request.model.startswith(AGENT_MODEL):
-        return _expand_prefixed(request, AGENT_MODEL, "agent")
-    if request.model.startswith(CONSENSUS_MODEL):
-        return _expand_prefixed(request, CONSENSUS_MODEL, "consensus")
-    return request
 
 
 def _announced(decision: RouteChosen) -> bool:
@@ -226,18 +160,19 @@ class Orchestrator:
         self.modes[mode.name] = mode
 
     async def _choose_mode(self, request: AnswerRequest) -> tuple[AnswerRequest, RouteChosen]:
-        if request.mode == "auto":
+        options = request.options
+        if options.mode == "auto":
             if self.auto is not None:
                 request, decision = await self.auto.decide(request, list(self.modes))
                 if decision.mode in self.modes:
                     return request, decision
-            mode = "rag" if request.collections and "rag" in self.modes else "direct"
-            reason = "collections named" if mode == "rag" else "no router"
+            mode = "rag" if options.collections and "rag" in self.modes else "direct"
+            reason = "collections named" if mode == "rag" else "no classifier"
             return request, RouteChosen(mode, method="default", reason=reason)
-        if request.mode not in self.modes:
+        if options.mode not in self.modes:
             known = ", ".join(["auto", *self.modes])
-            raise InvalidRequest(f"mode {request.mode!r} is not available (available: {known})")
-        return request, RouteChosen(request.mode, profile=request.profile)
+            raise InvalidRequest(f"mode {options.mode!r} is not available (available: {known})")
+        return request, RouteChosen(options.mode, profile=options.consensus.profile)
 
     async def prepare(self, request: AnswerRequest, context: Any = None) -> PreparedAnswer:
         """Validate and check quotas: every refusal here is a 4xx before any work.
@@ -245,11 +180,13 @@ class Orchestrator:
         if not request.messages:
             raise InvalidRequest("messages must not be empty")
         check_sizes(request.messages, self.router.settings.chat.max_message_chars)
-        if request.mode not in MODES and request.mode not in self.modes:
-            raise InvalidRequest(f"unknown mode {request.mode!r} (modes: {', '.join(MODES)})")
-        request = expand_model_id(request)
+        mode = request.options.mode
+        if mode not in MODES and mode not in self.modes:
+            raise InvalidRequest(f"unknown mode {mode!r} (modes: {', '.join(MODES)})")
+        check_scopes(request.principal, request.options)
+        request = replace(request, options=expand_model_id(request.options))
         # Consensus workers and its merger name their own models.
-        consensus = request.mode == "consensus"
+        consensus = request.options.mode == "consensus"
         route = Route(request.model, ()) if consensus else self.router.resolve(request.model)
         request, chosen = await self._choose_mode(request)
         mode = chosen.mode

@@ -71,10 +71,10 @@ class RagContext:
     overrides: dict[str, Any]
 
 
-def caller_of(request: AnswerRequest) -> Principal | None:
+def caller_of(request: AnswerRequest) -> Principal:
     """Who reads the collections: the request's account, with read rights only."""
     if request.account is None:
-        return None
+        return request.principal
     return Principal(
         user_id=request.account.user_id,
         username="",
@@ -103,13 +103,14 @@ class RagMode:
         self.prompts = prompts or PromptBuilder(orchestration.context, router)
 
     async def prepare(self, request: AnswerRequest) -> RagContext:
-        if not request.collections:
+        retrieval = request.options.retrieval
+        if not retrieval.collections:
             raise InvalidRequest("mode rag needs collections", param="collections")
         caller = caller_of(request)
         collections = []
-        for ref in dict.fromkeys(request.collections):
+        for ref in dict.fromkeys(retrieval.collections):
             collections.append(await self.knowledge.collection(caller, ref))
-        overrides = dict(request.retrieval or {})
+        overrides = retrieval.overrides()
         # Validated now, so bad settings are a 4xx rather than a failed stream.
         self.knowledge.retrieval_settings(collections[0], overrides)
         return RagContext(tuple(collections), overrides)
@@ -148,7 +149,9 @@ class RagMode:
     async def _run(self, prepared: PreparedAnswer) -> AsyncIterator[Event]:
         context: RagContext = prepared.context
         request = prepared.request
-        found = await self.reformulator.reformulate(request.messages, enabled=request.reformulate)
+        found = await self.reformulator.reformulate(
+            request.messages, enabled=request.options.retrieval.reformulate
+        )
         if found.rewritten or found.variants:
             yield Reformulated(found.original, found.query, found.variants)
         language = "fr" if detect_language(found.original) == "fr" else "en"
@@ -195,7 +198,7 @@ class RagMode:
                 prepared.route,
                 messages,
                 request.params,
-                use_cache=request.use_cache,
+                use_cache=request.options.use_cache,
                 cache_scope=scope,
             ):
                 if isinstance(event, Token):

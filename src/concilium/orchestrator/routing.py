@@ -69,9 +69,10 @@ class IntentRouting:
         mode, reason = "direct", ""
         collections: tuple[str, ...] = ()
         unsure = decision.method == "embedding" and decision.confidence < self.threshold
-        if request.collections and intent != "chit_chat" and "rag" in available:
+        named = request.options.collections
+        if named and intent != "chit_chat" and "rag" in available:
             # Collections named: the caller asked for grounded answers (a greeting aside).
-            mode, reason, collections = "rag", "collections named", request.collections
+            mode, reason, collections = "rag", "collections named", named
         elif (
             intent in ("knowledge", "operational") and self.rag is not None and ("rag" in available)
         ):
@@ -110,7 +111,8 @@ class IntentRouting:
             collections=len(collections),
         )
         if mode == "rag":
-            request = replace(request, collections=collections)
+            retrieval = replace(request.options.retrieval, collections=collections)
+            request = request.with_options(retrieval=retrieval)
         return request, chosen
 
     async def _knowledge(
@@ -118,10 +120,10 @@ class IntentRouting:
     ) -> tuple[str, str, tuple[str, ...]]:
         assert self.rag is not None
         knowledge = self.rag.knowledge
-        caller = request.principal or caller_of(request)
+        caller = caller_of(request) if request.principal.is_operator else request.principal
         if not self.settings.orchestration.router.search_workspace:
             return "direct", "no collections named, and searching them is off", ()
-        if request.principal is not None and not request.principal.allows(Scope.KNOWLEDGE_READ):
+        if not request.principal.allows(Scope.KNOWLEDGE_READ):
             return (
                 "direct",
                 "the collections were not searched: this API key lacks the knowledge:read "

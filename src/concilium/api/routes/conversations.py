@@ -20,12 +20,11 @@ from concilium.api.schemas import (
     problem_responses,
 )
 from concilium.api.streaming import event_stream_response, until_disconnect
-from concilium.auth.principal import Scope
 from concilium.auth.quotas import Account
 from concilium.chat.service import ChatService, Generation, error_for
 from concilium.errors import Conflict, NotFound
 from concilium.events import Event
-from concilium.orchestrator.engine import RAG_PREFIX
+from concilium.orchestrator.request import AnswerOptions, check_scopes
 from concilium.store.conversations import branch_path
 from concilium.store.models import Conversation, Message, MessageStatus
 
@@ -196,8 +195,7 @@ async def create_conversation(
     body: ConversationCreate, chat: ChatDep, principal: ChatPrincipal
 ) -> Conversation:
     """``model: "rag:<collection>"`` makes every answer grounded in that collection."""
-    if (body.model or "").startswith(RAG_PREFIX):
-        principal.require(Scope.KNOWLEDGE_READ)
+    check_scopes(principal, AnswerOptions(model=body.model))
     return await chat.create(
         owner(principal),
         title=body.title,
@@ -242,8 +240,7 @@ async def update_conversation(
     chat: ChatDep,
     principal: ChatPrincipal,
 ) -> Conversation:
-    if (body.model or "").startswith(RAG_PREFIX):
-        principal.require(Scope.KNOWLEDGE_READ)
+    check_scopes(principal, AnswerOptions(model=body.model))
     return await chat.update(
         owner(principal),
         conversation_id,
@@ -276,7 +273,8 @@ async def post_message(
         conversation_id,
         body.content,
         parent_id=body.parent_id,
-        options=body.turn_options(principal),
+        options=body.answer_options(),
+        principal=principal,
     )
     return await _respond(request, chat, who, generation, body)
 
@@ -307,7 +305,12 @@ async def edit_message(
     """Store an edited copy of a user message as a new branch and answer it."""
     who = owner(principal)
     generation = await chat.edit(
-        who, conversation_id, message_id, body.content, options=body.turn_options(principal)
+        who,
+        conversation_id,
+        message_id,
+        body.content,
+        options=body.answer_options(),
+        principal=principal,
     )
     return await _respond(request, chat, who, generation, body)
 
@@ -328,7 +331,11 @@ async def regenerate_message(
     """Answer the same question again; the new answer is a sibling branch."""
     who = owner(principal)
     generation = await chat.regenerate(
-        who, conversation_id, message_id, options=body.turn_options(principal)
+        who,
+        conversation_id,
+        message_id,
+        options=body.answer_options(),
+        principal=principal,
     )
     return await _respond(request, chat, who, generation, body)
 

@@ -59,13 +59,14 @@ from concilium.orchestrator.client_tools import (
     reply_schema,
     tools_prompt,
 )
-from concilium.orchestrator.engine import (
+from concilium.orchestrator.engine import Orchestrator, PreparedAnswer
+from concilium.orchestrator.request import (
     AGENT_MODEL,
     CONSENSUS_MODEL,
     RAG_PREFIX,
+    AnswerOptions,
     AnswerRequest,
-    Orchestrator,
-    PreparedAnswer,
+    RetrievalOptions,
 )
 
 __all__ = ["router"]
@@ -256,9 +257,6 @@ async def _prepare(
     tools: tuple[str, dict[str, Any]] | None = None,
 ) -> PreparedAnswer:
     """``tools``: (instructions, reply schema) when the client's functions are offered."""
-    collections = body.collections or []
-    if collections or body.model.startswith(RAG_PREFIX):
-        principal.require(Scope.KNOWLEDGE_READ)
     model = body.model
     messages = [m.to_domain() for m in body.messages]
     params = body.params()
@@ -271,11 +269,13 @@ async def _prepare(
     return await orchestrator.prepare(
         AnswerRequest(
             messages=messages,
-            model=model,
-            params=params,
-            account=owner(principal),
-            collections=tuple(collections),
+            options=AnswerOptions(
+                model=model,
+                params=params,
+                retrieval=RetrievalOptions(collections=tuple(body.collections or ())),
+            ),
             principal=principal,
+            account=owner(principal),
         )
     )
 

@@ -26,6 +26,7 @@ from concilium.auth.quotas import Account
 from concilium.chat.service import ChatService, Generation
 from concilium.errors import ConciliumError, Forbidden
 from concilium.events import ErrorEvent, event_to_dict
+from concilium.orchestrator.request import check_scopes
 from concilium.services import Services
 
 __all__ = ["router"]
@@ -89,20 +90,33 @@ async def _start(
     principal: Principal,
     frame: SendFrame | EditFrame | RegenerateFrame,
 ) -> Generation:
-    options = frame.turn_options(principal)
+    options = frame.answer_options()
     if isinstance(frame, SendFrame):
         conversation_id = frame.conversation_id
         if conversation_id is None:
             chat.check_content(frame.content)  # before creating anything
+            check_scopes(principal, options)
             conversation_id = (await chat.create(who, model=frame.model)).id
         return await chat.post(
-            who, conversation_id, frame.content, parent_id=frame.parent_id, options=options
+            who,
+            conversation_id,
+            frame.content,
+            parent_id=frame.parent_id,
+            options=options,
+            principal=principal,
         )
     if isinstance(frame, EditFrame):
         return await chat.edit(
-            who, frame.conversation_id, frame.message_id, frame.content, options=options
+            who,
+            frame.conversation_id,
+            frame.message_id,
+            frame.content,
+            options=options,
+            principal=principal,
         )
-    return await chat.regenerate(who, frame.conversation_id, frame.message_id, options=options)
+    return await chat.regenerate(
+        who, frame.conversation_id, frame.message_id, options=options, principal=principal
+    )
 
 
 def _same_origin(ws: WebSocket, services: Services) -> bool:
