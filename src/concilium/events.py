@@ -16,11 +16,15 @@ __all__ = [
     "AnswerRecord",
     "ApprovalRequired",
     "BackendSelected",
+    "Citation",
+    "ConsensusSummary",
+    "ContextReport",
     "Done",
     "ErrorEvent",
     "Event",
     "EventStream",
     "MessageStarted",
+    "NativeToolCall",
     "Reformulated",
     "RouteChosen",
     "Sources",
@@ -30,6 +34,7 @@ __all__ = [
     "ToolResult",
     "Usage",
     "WorkerProgress",
+    "WorkerSummary",
     "event_to_dict",
 ]
 
@@ -194,13 +199,153 @@ class ErrorEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class Citation:
+    """Mode rag: one sentence of the answer and the passages that back it."""
+
+    start: int
+    end: int
+    #: Sources that support the sentence (its own citations when they do, else the best).
+    sources: tuple[int, ...]
+    #: What the sentence cited, valid or not.
+    claimed: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ContextReport:
+    """How the prompt was fitted to the model's window, in tokens."""
+
+    window: int
+    #: Reserved for the answer.
+    answer: int
+    #: False when the prompt was small enough to need no counting (the parts then read 0).
+    counted: bool = True
+    system: int = 0
+    system_cut: bool = False
+    tools: int = 0
+    tools_over_share: bool = False
+    memory: int = 0
+    question: int = 0
+    history: int = 0
+    #: Old messages folded into a summary, and left out altogether.
+    summarised: int = 0
+    dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NativeToolCall:
+    """A tool call the model made through the backend's own tool calling."""
+
+    id: str
+    name: str
+    #: JSON text, as the model wrote it (perhaps not valid).
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSummary:
+    """Mode consensus: what one worker did."""
+
+    worker: int
+    name: str
+    model: str
+    status: str
+    answer: str | None = None
+    #: The comparable core of the answer (what the vote counts).
+    key: str | None = None
+    completion_tokens: int = 0
+    duration_ms: int = 0
+    confidence: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConsensusSummary:
+    """Mode consensus: how the answer came out of the workers'."""
+
+    profile: str
+    strategy: str
+    workers: tuple[WorkerSummary, ...]
+    answered: int
+    #: The winning answer's share of the votes (0 to 1).
+    agreement: float
+    early_exit: bool = False
+    #: ``vote``, ``single``, ``judge:<model>`` or ``merger``.
+    method: str = ""
+    winner: int | None = None
+    #: Votes per answer key.
+    tally: tuple[tuple[str, float], ...] = ()
+    merger_error: str | None = None
+    duration_ms: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = _json(self)
+        data["tally"] = dict(self.tally)
+        if self.merger_error is None:
+            del data["merger_error"]
+        return data
+
+
+@dataclass(frozen=True, slots=True)
 class Done:
-    """The answer ended. ``finish_reason``: stop, length, cancelled, error, or
-    approval_required (an agent paused; ``extra["approval_id"]``)."""
+    """The answer ended. ``finish_reason``: stop, length, cancelled, error, tool_calls, or
+    approval_required (an agent paused; ``approval_id``). The other fields are what the
+    route and the mode found out; ``extra`` is their JSON form, as sent to clients."""
 
     type: ClassVar[str] = "done"
     finish_reason: str
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: Served from the response cache.
+    cached: bool = False
+    #: The router cut the conversation to fit the window: messages left out, and
+    #: whether the last one was shortened.
+    dropped_messages: int = 0
+    truncated: bool = False
+    #: How the prompt was built, when old turns were summarised or dropped (mode rag:
+    #: always).
+    context: ContextReport | None = None
+    #: The mean log-probability of the answer's tokens (its confidence), when asked for.
+    logprob: float | None = None
+    #: Tool calls the model made natively (``finish_reason`` tool_calls).
+    tool_calls: tuple[NativeToolCall, ...] = ()
+    #: Mode rag: whether passages were found, those the answer cites, and per sentence.
+    grounded: bool | None = None
+    cited: tuple[int, ...] = ()
+    citations: tuple[Citation, ...] = ()
+    #: Mode consensus.
+    consensus: ConsensusSummary | None = None
+    #: Mode agent: steps taken, the tools used in order, the approval it waits for.
+    steps: int | None = None
+    tools: tuple[str, ...] = ()
+    approval_id: str | None = None
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """The fields set, JSON-ready; a grounded answer always says what it cited."""
+        data: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "finish_reason":
+                continue
+            value = getattr(self, f.name)
+            always = self.grounded and f.name in ("cited", "citations")
+            if value == f.default and not always:
+                continue
+            if isinstance(value, ConsensusSummary):
+                data[f.name] = value.to_dict()
+            else:
+                data[f.name] = _plain(value)
+        return data
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses as dicts and tuples as lists, all the way down."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _json(value)
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _json(value: Any) -> dict[str, Any]:
+    return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
 
 
 Event = (
@@ -232,6 +377,8 @@ def event_to_dict(event: Event) -> dict[str, Any]:
         data[f.name] = list(value) if isinstance(value, tuple) else value
     if isinstance(event, Usage):
         data["total_tokens"] = event.total_tokens
+    elif isinstance(event, Done):
+        return {"type": "done", "finish_reason": event.finish_reason, "extra": event.extra}
     return data
 
 
@@ -254,10 +401,9 @@ class AnswerRecord:
     #: How the answer was made, in order: route, reformulation, consensus workers (their
     #: results, not their starts), the agent's steps.
     steps: list[Event] = field(default_factory=list)
-    finish_reason: str | None = None
     error: ErrorEvent | None = None
-    #: What the mode added to ``Done`` (cited passages, the consensus summary, …).
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: The last event of an answer that ended (cited passages, the consensus summary…).
+    done: Done | None = None
 
     def observe(self, event: Event) -> None:
         if isinstance(event, Token):
@@ -271,8 +417,7 @@ class AnswerRecord:
         elif isinstance(event, ErrorEvent):
             self.error = event
         elif isinstance(event, Done):
-            self.finish_reason = event.finish_reason
-            self.extra = dict(event.extra)
+            self.done = event
         elif isinstance(event, (RouteChosen, Reformulated, WorkerProgress, *AGENT_STEPS)):
             if isinstance(event, RouteChosen):
                 self.route = event
@@ -287,13 +432,16 @@ class AnswerRecord:
         return "".join(self.parts)
 
     @property
-    def cited(self) -> list[int]:
-        return [int(n) for n in self.extra.get("cited", [])]
+    def finish_reason(self) -> str | None:
+        return self.done.finish_reason if self.done is not None else None
 
     @property
-    def consensus(self) -> dict[str, Any] | None:
-        summary = self.extra.get("consensus")
-        return dict(summary) if isinstance(summary, dict) else None
+    def cited(self) -> tuple[int, ...]:
+        return self.done.cited if self.done is not None else ()
+
+    @property
+    def consensus(self) -> ConsensusSummary | None:
+        return self.done.consensus if self.done is not None else None
 
     def agent_steps(self) -> list[dict[str, Any]]:
         """The agent's steps, JSON-ready."""

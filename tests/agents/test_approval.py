@@ -172,10 +172,12 @@ def test_a_denied_call_never_runs_and_the_agent_is_told_why(
             done = first[-1]
             assert isinstance(done, Done)
             assert done.finish_reason == "approval_required"
-            assert done.extra["approval_id"] == paused.id
+            assert done.approval_id == paused.id
 
             approvals = services.approvals
-            approval = await approvals.decide(paused.id, OPERATOR, approve=False, reason="not today")
+            approval = await approvals.decide(
+                paused.id, OPERATOR, approve=False, reason="not today"
+            )
             resumption = await approvals.resumption(approval, approved=False, reason="not today")
             prepared = await services.orchestrator.prepare(
                 AnswerRequest(
@@ -194,7 +196,7 @@ def test_a_denied_call_never_runs_and_the_agent_is_told_why(
                 "denied",
                 "a person refused this action: not today",
             )
-            assert rest[-1] == Done("stop", {"steps": 2, "tools": ["shell"]})
+            assert rest[-1] == Done("stop", steps=2, tools=("shell",))
             seen = fake.requests[-2]["messages"][-1]["content"]
             assert '<observation tool="shell" status="denied">' in seen
             assert "not today" in seen

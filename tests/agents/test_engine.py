@@ -113,7 +113,8 @@ async def test_tools_run_in_order_and_observations_go_back(
     assert set(listing["properties"]) == {"path", "recursive"}
     done = events[-1]
     assert isinstance(done, Done)
-    assert done.extra == {"steps": 3, "tools": ["disk_usage", "list_files"]}
+    assert done.extra == {"steps": 3, "tools": ["disk_usage", "list_files"]}  # on the wire
+    assert (done.steps, done.tools) == (3, ("disk_usage", "list_files"))
     async with services.db.reader() as s:
         audited = (await s.scalars(select(AuditEntry.target))).all()
     assert list(audited) == ["disk_usage", "list_files"]
@@ -163,7 +164,7 @@ async def test_a_request_may_ask_for_fewer_steps_never_more(
             request = AnswerRequest([ChatMessage("user", "loop forever")], options)
             events = [e async for e in services.orchestrator.answer(request)]
             assert len([e for e in events if isinstance(e, ToolCall)]) == taken
-            assert events[-1] == Done("length", {"steps": taken, "tools": ["calculator"] * taken})
+            assert events[-1] == Done("length", steps=taken, tools=("calculator",) * taken)
 
 
 async def test_errors_and_refusals_are_observations(
@@ -469,7 +470,7 @@ async def test_a_backend_that_calls_tools_natively_gets_them_as_openai_tools(
     assert second[-2]["content"] == "[ok] 42"
     done = events[-1]
     assert isinstance(done, Done)
-    assert done.extra == {"steps": 2, "tools": ["calculator", "calculator"]}
+    assert (done.steps, done.tools) == (2, ("calculator", "calculator"))
 
 
 async def test_a_native_run_pauses_and_resumes_with_tool_messages(

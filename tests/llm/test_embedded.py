@@ -159,8 +159,9 @@ async def test_history_longer_than_the_window_is_fitted(
         counts = await s.backends["local"].token_counts("smollm2-135m", history[:2])
     assert isinstance(events[-1], Done), events[-1]
     # Old turns were summarised (or, without a summary, left out) to fit.
-    context = events[-1].extra["context"]
-    assert context.get("summarised", 0) + context.get("dropped", 0) > 40
+    context = events[-1].context
+    assert context is not None
+    assert context.summarised + context.dropped > 40
     usage = next(e for e in events if isinstance(e, Usage))
     assert usage.prompt_tokens + usage.completion_tokens <= 512
     assert all(c > 6 for c in counts)

@@ -421,7 +421,8 @@ async def test_long_history_is_trimmed_to_the_window_oldest_first(
     done = events[-1]
     assert isinstance(done, Done)
     # No summary model here (the default one is not served): old turns are left out.
-    assert done.extra["context"]["dropped"] == len(history) - len(sent)
+    assert done.context is not None
+    assert done.context.dropped == len(history) - len(sent)
 
 
 async def test_an_oversized_latest_message_is_cut_not_rejected(

@@ -127,7 +127,9 @@ async def _events(services: Services, model: str, **request: Any) -> list[Event]
 def _done(events: list[Event]) -> dict[str, Any]:
     done = [e for e in events if isinstance(e, Done)]
     assert done, [event_to_dict(e) for e in events]
-    return dict(done[-1].extra["consensus"])
+    summary = done[-1].consensus
+    assert summary is not None
+    return summary.to_dict()
 
 
 def _text(events: list[Event]) -> str:

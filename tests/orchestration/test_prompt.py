@@ -56,8 +56,8 @@ async def test_old_turns_are_summarised_and_the_summary_is_extended(
         built = await builder.build(
             route, PromptParts(system="You are a guide.", history=history, question=question), 128
         )
-        assert built.report["summarised"] > 0
-        assert "dropped" not in built.report
+        assert built.report.summarised > 0
+        assert built.report.dropped == 0
         assert built.messages[0].role == "system"
         assert built.messages[0].content.startswith("You are a guide.")
         assert "Summary of the earlier conversation: The user asked about the harbour" in (
@@ -67,7 +67,7 @@ async def test_old_turns_are_summarised_and_the_summary_is_extended(
         kept = built.messages[1:-1]
         assert kept == history[len(history) - len(kept) :]  # the latest turns, word for word
         assert kept[0].role == "user"
-        assert await _tokens(services, built.messages) + built.report["answer"] <= WINDOW
+        assert await _tokens(services, built.messages) + built.report.answer <= WINDOW
         assert len(fake.requests) == 1
 
         # Two more turns: only the newly old ones are summarised, onto the summary so far.
@@ -77,7 +77,7 @@ async def test_old_turns_are_summarised_and_the_summary_is_extended(
             ChatMessage("assistant", "It is red. " * 30),
         ]
         again = await builder.build(route, PromptParts(history=longer, question=question), 128)
-        assert again.report["summarised"] > built.report["summarised"]
+        assert again.report.summarised > built.report.summarised
         assert len(fake.requests) == 2
         prompt = fake.requests[-1]["messages"][-1]["content"]
         assert prompt.startswith("(summary so far) The user asked about the harbour")
@@ -107,12 +107,12 @@ async def test_without_summaries_old_turns_are_left_out_and_parts_keep_their_sha
             ),
             128,
         )
-        assert built.report["dropped"] > 0
-        assert built.report["system_cut"] is True
-        assert built.report["system"] <= builder.budget(route, "system", 128)
+        assert built.report.dropped > 0
+        assert built.report.system_cut is True
+        assert built.report.system <= builder.budget(route, "system", 128)
         assert built.messages[0].content.endswith("- The user prefers short answers.")
         assert "[…]" in built.messages[0].content
-        assert await _tokens(services, built.messages) + built.report["answer"] <= WINDOW
+        assert await _tokens(services, built.messages) + built.report.answer <= WINDOW
     assert not fake.requests
 
 
@@ -133,5 +133,6 @@ async def test_a_long_conversation_is_answered_with_its_summary(
         )
         events = [e async for e in services.orchestrator.stream(prepared)]
     done = [e for e in events if isinstance(e, Done)]
-    assert done[0].extra["context"]["summarised"] > 0
-    assert "dropped_messages" not in done[0].extra  # nothing left for the router to cut
+    assert done[0].context is not None
+    assert done[0].context.summarised > 0
+    assert done[0].dropped_messages == 0  # nothing left for the router to cut

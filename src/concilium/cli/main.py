@@ -299,10 +299,10 @@ def _ask_result(model: str, record: Any) -> dict[str, Any]:
         result["workers"] = workers
     if record.finish_reason is not None:
         result["finish_reason"] = record.finish_reason
-    if "cited" in record.extra:
-        result["cited"] = record.extra["cited"]
+    if record.done is not None and record.done.grounded:
+        result["cited"] = list(record.cited)
     if record.consensus is not None:
-        result["consensus"] = record.consensus
+        result["consensus"] = record.consensus.to_dict()
     return result
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 from concilium.config import Settings
 from concilium.errors import BackendError, BackendTimeout, BackendUnavailable, ModelNotFound
-from concilium.events import BackendSelected, Done, Event, Token, Usage
+from concilium.events import BackendSelected, Done, Event, NativeToolCall, Token, Usage
 from concilium.llm.base import (
     Backend,
     ChatMessage,
@@ -168,7 +168,7 @@ class Router:
                 if hit.content:
                     yield Token(hit.content)
                 yield Usage(hit.prompt_tokens, hit.completion_tokens)
-                yield Done(hit.finish_reason, {"cached": True})
+                yield Done(hit.finish_reason, cached=True)
                 return
 
         failures: list[str] = []
@@ -289,21 +289,22 @@ class Router:
             self.metrics.tokens_generated.labels(**labels).inc(completion_tokens)
             self.metrics.prompt_tokens.labels(**labels).inc(prompt_tokens)
             yield Usage(prompt_tokens, completion_tokens)
-            extra: dict[str, object] = {}
-            if fitted.dropped or fitted.truncated:
-                extra = {"dropped_messages": fitted.dropped, "truncated": fitted.truncated}
-            if last is not None and last.tool_calls:
-                extra["tool_calls"] = [dict(call) for call in last.tool_calls]
-            if logprobs:
+            calls = last.tool_calls if last is not None else ()
+            done = Done(
+                finish,
+                dropped_messages=fitted.dropped,
+                truncated=fitted.truncated,
+                tool_calls=tuple(NativeToolCall(c["id"], c["name"], c["arguments"]) for c in calls),
                 # The mean log-probability of the answer's tokens: its confidence.
-                extra["logprob"] = sum(logprobs) / len(logprobs)
+                logprob=sum(logprobs) / len(logprobs) if logprobs else None,
+            )
             if cache_key is not None and finish in ("stop", "length"):
                 await self.cache.put(
                     cache_key,
                     route.model,
                     CachedResponse(text, finish, prompt_tokens, completion_tokens),
                 )
-            yield Done(finish, extra)
+            yield done
             return
 
     async def _guarded(self, backend: Backend, request: ChatRequest) -> AsyncIterator[Chunk]:

@@ -32,6 +32,7 @@ from concilium.events import (
     Done,
     ErrorEvent,
     Event,
+    NativeToolCall,
     Thought,
     Token,
     ToolCall,
@@ -316,7 +317,7 @@ class AgentMode:
             thought = answer = problem = ""
             for _attempt in range(1 if state.native else 2):  # one repair attempt
                 text: list[str] = []
-                native_calls: list[dict[str, str]] = []
+                native_calls: tuple[NativeToolCall, ...] = ()
                 async for event in self.router.stream(prepared.route, state.messages, params):
                     if isinstance(event, Token):
                         text.append(event.text)
@@ -327,7 +328,7 @@ class AgentMode:
                         first = False
                         yield event
                     elif isinstance(event, Done):
-                        native_calls = list(event.extra.get("tool_calls") or [])
+                        native_calls = event.tool_calls
                 reply = "".join(text)
                 if state.native:
                     calls = [_native_call(call) for call in native_calls]
@@ -389,7 +390,7 @@ class AgentMode:
                 else:
                     yield Token(_clean(answer))
                 yield Usage(state.prompt_tokens, state.completion_tokens)
-                yield Done("stop", {"steps": step_number, "tools": state.used})
+                yield Done("stop", steps=step_number, tools=tuple(state.used))
                 return
             for position, call in enumerate(calls):
                 yield ToolCall(call.id, call.tool, call.arguments, step_number)
@@ -430,14 +431,16 @@ class AgentMode:
                     yield Usage(state.prompt_tokens, state.completion_tokens)
                     yield Done(
                         "approval_required",
-                        {"steps": step_number, "tools": state.used, "approval_id": approval.id},
+                        steps=step_number,
+                        tools=tuple(state.used),
+                        approval_id=approval.id,
                     )
                     return
                 state.used.append(call.tool)
                 _observe(state, call.tool, call.arguments, outcome.status, outcome.output, call.id)
         yield Token(f"I stopped after {max_steps} steps without reaching an answer.")
         yield Usage(state.prompt_tokens, state.completion_tokens)
-        yield Done("length", {"steps": max_steps, "tools": state.used})
+        yield Done("length", steps=max_steps, tools=tuple(state.used))
 
     async def _write_answer(
         self, prepared: PreparedAnswer, state: RunState, draft: str
@@ -643,14 +646,14 @@ def _signature(call: Call) -> str:
     return json.dumps([call.tool, call.arguments], sort_keys=True, ensure_ascii=False)
 
 
-def _native_call(call: dict[str, str]) -> Call:
+def _native_call(call: NativeToolCall) -> Call:
     """A tool call as a backend gave it natively; unreadable arguments are kept as the
     error the agent will see."""
-    wire = {"id": call["id"], "name": call["name"], "arguments": call["arguments"]}
+    wire = {"id": call.id, "name": call.name, "arguments": call.arguments}
     try:
-        arguments = json.loads(call["arguments"] or "{}")
+        arguments = json.loads(call.arguments or "{}")
     except json.JSONDecodeError as exc:
-        return Call(call["id"], call["name"], {}, f"invalid JSON arguments: {exc.msg}", wire)
+        return Call(call.id, call.name, {}, f"invalid JSON arguments: {exc.msg}", wire)
     if not isinstance(arguments, dict):
-        return Call(call["id"], call["name"], {}, "arguments must be a JSON object", wire)
-    return Call(call["id"], call["name"], arguments, "", wire)
+        return Call(call.id, call.name, {}, "arguments must be a JSON object", wire)
+    return Call(call.id, call.name, arguments, "", wire)

@@ -16,9 +16,10 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
-__all__ = ["CitationFixer", "SentenceCitation", "check_citations", "cited_numbers"]
+from concilium.events import Citation
+
+__all__ = ["Citation", "CitationFixer", "check_citations", "cited_numbers"]
 
 _CITATION = re.compile(r"\[(\d{1,3}(?:\s*[,;]\s*\d{1,3})*)\]")
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+|\n+")
@@ -37,24 +38,6 @@ _STOPWORDS = frozenset(_STOPWORDS_TEXT.split())
 #: Share of a sentence's content words its passage must contain.
 SUPPORT = 0.5
 _PREFIX = 6  # characters compared: "sauvegarde" and "sauvegardes" are the same word
-
-
-@dataclass(frozen=True, slots=True)
-class SentenceCitation:
-    start: int
-    end: int
-    #: Sources that support the sentence (its own citations when they do, else the best).
-    sources: tuple[int, ...]
-    #: What the sentence cited, valid or not.
-    claimed: tuple[int, ...] = field(default=())
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "start": self.start,
-            "end": self.end,
-            "sources": list(self.sources),
-            "claimed": list(self.claimed),
-        }
 
 
 def cited_numbers(text: str, count: int) -> list[int]:
@@ -118,7 +101,7 @@ def _sentences(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def check_citations(answer: str, passages: Sequence[str]) -> list[SentenceCitation]:
+def check_citations(answer: str, passages: Sequence[str]) -> list[Citation]:
     """Which passages (numbered from 1) back each sentence of ``answer``."""
     terms = [_terms(p) for p in passages]
     out = []
@@ -134,7 +117,7 @@ def check_citations(answer: str, passages: Sequence[str]) -> list[SentenceCitati
             best = max(range(len(scores)), key=lambda i: scores[i])
             if scores[best] >= SUPPORT:
                 backed = (best + 1,)
-        out.append(SentenceCitation(start, end, backed, claimed))
+        out.append(Citation(start, end, backed, claimed))
     return out
 
 

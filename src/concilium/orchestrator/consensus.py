@@ -22,13 +22,21 @@ import time
 import unicodedata
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 import structlog
 
 from concilium.config import ConsensusProfile, ConsensusWorker, Settings
 from concilium.errors import BackendUnavailable, ConciliumError, InvalidRequest
-from concilium.events import BackendSelected, Done, Event, Token, Usage, WorkerProgress
+from concilium.events import (
+    BackendSelected,
+    ConsensusSummary,
+    Done,
+    Event,
+    Token,
+    Usage,
+    WorkerProgress,
+    WorkerSummary,
+)
 from concilium.knowledge.language import detect_language
 from concilium.llm.base import ChatMessage, GenerationParams, ResponseFormat
 from concilium.llm.router import Router
@@ -93,19 +101,19 @@ class WorkerAnswer:
     def answered(self) -> bool:
         return self.status == _ANSWERED and bool(self.text.strip())
 
-    def summary(self) -> dict[str, Any]:
-        return {
-            "worker": self.index,
-            "name": self.name,
-            "model": self.model,
-            "status": self.status,
-            "answer": self.text if self.status == _ANSWERED else None,
-            "key": normalise_answer(self.text) if self.answered else None,
-            "completion_tokens": self.completion_tokens,
-            "duration_ms": self.duration_ms,
-            "confidence": self.confidence,
-            "error": self.error,
-        }
+    def summary(self) -> WorkerSummary:
+        return WorkerSummary(
+            worker=self.index,
+            name=self.name,
+            model=self.model,
+            status=self.status,
+            answer=self.text if self.status == _ANSWERED else None,
+            key=normalise_answer(self.text) if self.answered else None,
+            completion_tokens=self.completion_tokens,
+            duration_ms=self.duration_ms,
+            confidence=self.confidence,
+            error=self.error,
+        )
 
 
 def _plain(text: str) -> str:
@@ -266,8 +274,7 @@ class ConsensusMode:
                     elif isinstance(event, Usage):
                         usage = event
                     elif isinstance(event, Done):
-                        value = event.extra.get("logprob")
-                        logprob = float(value) if isinstance(value, int | float) else None
+                        logprob = event.logprob
         except TimeoutError:
             status, error = "timeout", f"no answer within {worker.timeout_seconds:g}s"
         except ConciliumError as exc:
@@ -393,28 +400,32 @@ class ConsensusMode:
         agreed = profile.early_exit and _agreed(valid, needed)
         tally = vote(valid, weighted=profile.strategy == "weighted")
         assert tally is not None
-        summary: dict[str, Any] = {
-            "profile": context.name,
-            "strategy": profile.strategy,
-            "workers": [a.summary() for a in answers],
-            "answered": len(valid),
-            "agreement": round(tally.support, 4),
-            "early_exit": any(a.status == "stopped" for a in answers) and agreed,
-        }
+        summary = ConsensusSummary(
+            profile=context.name,
+            strategy=profile.strategy,
+            workers=tuple(a.summary() for a in answers),
+            answered=len(valid),
+            agreement=round(tally.support, 4),
+            early_exit=any(a.status == "stopped" for a in answers) and agreed,
+        )
         yield BackendSelected(request.model, "consensus", context.name)
         text = ""
         finish = "stop"
         if profile.strategy in ("majority", "weighted") or agreed or len(valid) == 1:
             chosen = tally.answer
-            summary.update(winner=chosen.index, method="vote" if len(valid) > 1 else "single")
-            summary["tally"] = {k: round(v, 4) for k, v in tally.tally.items()}
+            summary = replace(
+                summary,
+                winner=chosen.index,
+                method="vote" if len(valid) > 1 else "single",
+                tally=tuple((k, round(v, 4)) for k, v in tally.tally.items()),
+            )
             text = chosen.text
             yield Token(text)
         elif profile.strategy == "best_of":
             pick, used = await self._judge(profile, request, valid)
             prompt += used.prompt_tokens
             completion += used.completion_tokens
-            summary.update(winner=pick.index, method=f"judge:{profile.judge}")
+            summary = replace(summary, winner=pick.index, method=f"judge:{profile.judge}")
             text = pick.text
             yield Token(text)
         else:
@@ -429,29 +440,31 @@ class ConsensusMode:
                         completion += event.completion_tokens
                     elif isinstance(event, Done):
                         finish = event.finish_reason
-                summary["method"] = "merger"
+                summary = replace(summary, method="merger")
                 text = "".join(merged)
             except ConciliumError as exc:
                 if merged:
                     raise
                 # The workers' answers are still worth something: the vote's winner.
                 log.warning("consensus_merger_failed", error=exc.detail)
-                summary.update(method="vote", winner=tally.answer.index, merger_error=exc.detail)
+                summary = replace(
+                    summary, method="vote", winner=tally.answer.index, merger_error=exc.detail
+                )
                 text = tally.answer.text
                 yield Token(text)
-        summary["duration_ms"] = int((time.perf_counter() - t0) * 1000)
+        summary = replace(summary, duration_ms=int((time.perf_counter() - t0) * 1000))
         log.info(
             "consensus_done",
             profile=context.name,
             strategy=profile.strategy,
-            method=summary.get("method"),
+            method=summary.method,
             answered=len(valid),
             workers=len(answers),
-            agreement=summary["agreement"],
-            duration_ms=summary["duration_ms"],
+            agreement=summary.agreement,
+            duration_ms=summary.duration_ms,
         )
         yield Usage(prompt, completion)
-        yield Done(finish, {"consensus": summary})
+        yield Done(finish, consensus=summary)
 
     async def _merge(
         self,

@@ -17,6 +17,7 @@ from concilium.auth.quotas import Account, UsageMeter
 from concilium.errors import ConciliumError, InvalidRequest
 from concilium.events import (
     BackendSelected,
+    ContextReport,
     Done,
     ErrorEvent,
     Event,
@@ -94,7 +95,7 @@ class DirectMode:
         scope = self.name if req.account is None else f"{self.name}:{req.account.user_id}"
         options = req.options
         messages = list(req.messages)
-        report: dict[str, Any] | None = None
+        report: ContextReport | None = None
         if self.prompts is not None and messages:
             system = "\n\n".join(m.content for m in messages if m.role == "system" and m.content)
             turns = [m for m in messages if m.role != "system"]
@@ -105,13 +106,13 @@ class DirectMode:
                     req.params.max_tokens or self.router.settings.chat.max_tokens,
                 )
                 messages = built.messages
-                if built.report.get("summarised") or built.report.get("dropped"):
+                if built.report.summarised or built.report.dropped:
                     report = built.report
         async for event in self.router.stream(
             prepared.route, messages, options.params, use_cache=options.use_cache, cache_scope=scope
         ):
             if report is not None and isinstance(event, Done):
-                event = Done(event.finish_reason, {**event.extra, "context": report})
+                event = replace(event, context=report)
             yield event
 
 

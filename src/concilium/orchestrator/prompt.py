@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import structlog
 from cachetools import LRUCache
 
 from concilium.config import ContextSettings
 from concilium.errors import ConciliumError
-from concilium.events import Token
+from concilium.events import ContextReport, Token
 from concilium.knowledge.language import detect_language
 from concilium.llm.base import ChatMessage, GenerationParams
 from concilium.llm.router import Route, Router
@@ -66,7 +65,7 @@ class BuiltPrompt:
     messages: list[ChatMessage]
     window: int
     #: Tokens of each part as sent, and what was done to fit.
-    report: dict[str, Any] = field(default_factory=dict)
+    report: ContextReport
 
 
 class PromptBuilder:
@@ -118,7 +117,6 @@ class PromptBuilder:
     async def build(self, route: Route, parts: PromptParts, max_tokens: int) -> BuiltPrompt:
         window = self.window(route)
         reserve = self.answer_reserve(route, max_tokens)
-        report: dict[str, Any] = {"window": window, "answer": reserve}
         # Every token stands for at least one byte: a prompt whose bytes fit, with each
         # part under its share, needs no counting at all.
         texts = [parts.system, parts.tools, *parts.memory, *(m.content for m in parts.history)]
@@ -128,38 +126,39 @@ class PromptBuilder:
             for part, text in (("system", parts.system), ("memory", "\n".join(parts.memory)))
         ):
             memory = "\n".join(_note(n) for n in parts.memory)
-            report["counted"] = False
             return BuiltPrompt(
                 _messages([parts.tools, parts.system, memory], parts.history, parts.question),
                 window,
-                report,
+                ContextReport(window, reserve, counted=False),
             )
         system, used, cut = await self._clip(
             route, parts.system, self.budget(route, "system", max_tokens)
         )
-        report["system"] = used
-        if cut:
-            report["system_cut"] = True
+        system_used = used
         # Tools are never cut (a cut catalogue breaks the agent): what they take beyond
         # their share comes out of the conversation's room.
         tools = parts.tools
-        report["tools"] = (await self.count(route, [tools]))[0] if tools else 0
-        if report["tools"] > self.budget(route, "tools", max_tokens):
-            report["tools_over_share"] = True
-        memory, used = await self._memory(route, parts.memory, max_tokens)
-        report["memory"] = used
+        tools_used = (await self.count(route, [tools]))[0] if tools else 0
+        memory, memory_used = await self._memory(route, parts.memory, max_tokens)
         head = "\n\n".join(p for p in (tools, system, memory) if p)
         question = parts.question
         asked = (await self.count(route, [question.content]))[0] if question else 0
-        report["question"] = asked
         fixed = (await self.count(route, [head]))[0] if head else 0
         room = window - reserve - _MARGIN - fixed - asked
         history, summary, summarised, dropped = await self._history(route, parts.history, room)
-        report.update(history=sum(await self.count(route, [m.content for m in history])))
-        if summarised:
-            report["summarised"] = summarised
-        if dropped:
-            report["dropped"] = dropped
+        report = ContextReport(
+            window,
+            reserve,
+            system=system_used,
+            system_cut=cut,
+            tools=tools_used,
+            tools_over_share=tools_used > self.budget(route, "tools", max_tokens),
+            memory=memory_used,
+            question=asked,
+            history=sum(await self.count(route, [m.content for m in history])),
+            summarised=summarised,
+            dropped=dropped,
+        )
         return BuiltPrompt(_messages([head, summary], history, question), window, report)
 
     async def _memory(self, route: Route, notes: Sequence[str], max_tokens: int) -> tuple[str, int]:

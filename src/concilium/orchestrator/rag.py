@@ -11,7 +11,7 @@ look grounded.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -162,7 +162,7 @@ class RagMode:
             yield Sources(())
             yield Token(_NOTHING_FOUND[language].format(names=names))
             yield Usage(0, 0)
-            yield Done("stop", {"grounded": False})
+            yield Done("stop", grounded=False)
             return
 
         used = self._fit(prepared, relevant)
@@ -212,15 +212,13 @@ class RagMode:
                     yield Token(rest)
                 if isinstance(event, Done):
                     checked = check_citations("".join(text), [hit.text for hit in used])
-                    cited = list(dict.fromkeys(n for c in checked for n in c.sources))
-                    extra = {
-                        **event.extra,
-                        "grounded": True,
-                        "cited": cited,
-                        "citations": [c.to_dict() for c in checked],
-                        "context": built.report,
-                    }
-                    event = Done(event.finish_reason, extra)
+                    event = replace(
+                        event,
+                        grounded=True,
+                        cited=tuple(dict.fromkeys(n for c in checked for n in c.sources)),
+                        citations=tuple(checked),
+                        context=built.report,
+                    )
                 yield event
         except ConciliumError:
             if rest := fixer.flush():

@@ -341,7 +341,7 @@ async def _complete(events: AsyncIterator[Event], completion: _Completion) -> di
     if steps := record.agent_steps():
         shown["steps"] = steps
     if (consensus := record.consensus) is not None:
-        shown["consensus"] = consensus
+        shown["consensus"] = consensus.to_dict()
     finish = _finish_reason(record.finish_reason) if record.finish_reason else "stop"
     full = completion.full(record.text, finish, record.usage, record.sources)
     if shown:
