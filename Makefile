@@ -84,7 +84,7 @@ bench: install $(VENV)/.test-model
 	$(PY) benchmarks/knowledge_quality.py --write
 	$(PY) benchmarks/knowledge_ingestion.py --write
 	$(PY) benchmarks/knowledge_latency.py --sizes $(LATENCY_SIZES) --write
-	$(PY) benchmarks/orchestration_router.py --write
+	$(PY) benchmarks/orchestration_classifier.py --write
 	$(PY) benchmarks/consensus_qa.py --write
 
 # Regenerates uv.lock from pyproject.toml, keeping every pin that still fits (UPGRADE=1

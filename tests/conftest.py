@@ -115,7 +115,7 @@ def make_settings(tmp_path: Path) -> SettingsFactory:
             "router": {"backoff_initial": 0.01, "backoff_max": 0.05},
             # Mode auto without the intent classifier (rag with collections, else direct):
             # tests of other features keep their mode; tests/orchestration turn it on.
-            "orchestration": {"router": {"enabled": False}},
+            "orchestration": {"classifier": {"enabled": False}},
             # Cheap hashing and no rate limits by default; dedicated tests set their own.
             "auth": {"argon2_time_cost": 1, "argon2_memory_kib": 8192, "cookie_secure": False},
             "limits": {

@@ -175,3 +175,13 @@ def test_the_tests_use_the_models_folder_the_server_uses_by_default(
     assert "--models-dir $(MODELS_DIR)" in makefile
     assert "MODELS_DIR ?= $(or $(XDG_DATA_HOME),$(HOME)/.local/share)/concilium/models" in makefile
     assert Settings().resolved_models_dir == MODELS_DIR
+
+
+def test_a_renamed_section_is_still_read_under_its_former_name() -> None:
+    """``orchestration.router`` became ``orchestration.classifier`` ("router" is the
+    model router only): old files keep working, with a warning; both at once is an error."""
+    with pytest.warns(DeprecationWarning, match="orchestration.classifier"):
+        settings = Settings(orchestration={"router": {"threshold": 0.3}})
+    assert settings.orchestration.classifier.threshold == 0.3
+    with pytest.raises(ValueError, match="keep one"):
+        Settings(orchestration={"router": {}, "classifier": {}})

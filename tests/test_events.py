@@ -10,8 +10,8 @@ from concilium.events import (
     ContextReport,
     Done,
     ErrorEvent,
+    ModeChosen,
     Reformulated,
-    RouteChosen,
     Sources,
     Thought,
     Token,
@@ -38,7 +38,7 @@ CONSENSUS = ConsensusSummary(
 def test_a_stream_folds_into_its_answer_and_how_it_was_made() -> None:
     record = AnswerRecord()
     events = [
-        RouteChosen("agent", "operational", 0.9, "embedding"),
+        ModeChosen("agent", "operational", 0.9, "embedding"),
         Reformulated("q?", "query"),
         WorkerProgress(0, "a", "m", "started"),
         WorkerProgress(0, "a", "m", "answered", answer="x"),
@@ -60,7 +60,7 @@ def test_a_stream_folds_into_its_answer_and_how_it_was_made() -> None:
     assert record.route is events[0]
     assert record.reformulated is events[1]
     assert [type(e) for e in record.steps] == [
-        RouteChosen,
+        ModeChosen,
         Reformulated,
         WorkerProgress,  # its result, not its start
         Thought,

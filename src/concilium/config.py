@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -572,7 +573,7 @@ class AgentSettings(_Section):
     )
 
 
-class IntentRouterSettings(_Section):
+class IntentClassifierSettings(_Section):
     """How ``auto`` picks a mode: an embedding classifier, then a model when unsure."""
 
     enabled: bool = Field(
@@ -704,11 +705,29 @@ def _default_profiles() -> dict[str, ConsensusProfile]:
 
 
 class OrchestrationSettings(_Section):
-    """Modes, routing, reformulation, context building and consensus."""
+    """Modes, the intent classifier, reformulation, context building and consensus."""
 
-    router: IntentRouterSettings = Field(
-        default_factory=IntentRouterSettings, description="The auto mode's classifier."
+    classifier: IntentClassifierSettings = Field(
+        default_factory=IntentClassifierSettings, description="The auto mode's classifier."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _former_names(cls, data: Any) -> Any:
+        """``orchestration.router`` was this section's name before ``classifier``."""
+        if isinstance(data, dict) and "router" in data:
+            data = dict(data)
+            former = data.pop("router")
+            if "classifier" in data:
+                raise ValueError("orchestration.router is the former name of classifier: keep one")
+            warnings.warn(
+                "orchestration.router is now orchestration.classifier",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            data["classifier"] = former
+        return data
+
     reformulation: ReformulationSettings = Field(
         default_factory=ReformulationSettings, description="Standalone retrieval queries."
     )

@@ -24,9 +24,9 @@ __all__ = [
     "Event",
     "EventStream",
     "MessageStarted",
+    "ModeChosen",
     "NativeToolCall",
     "Reformulated",
-    "RouteChosen",
     "Sources",
     "Thought",
     "Token",
@@ -144,7 +144,7 @@ class ApprovalRequired:
 
 
 @dataclass(frozen=True, slots=True)
-class RouteChosen:
+class ModeChosen:
     """How the request will be answered: the mode, and in mode auto why.
 
     ``intent``: chit_chat, generation, knowledge, operational or clarification (None
@@ -358,7 +358,7 @@ Event = (
     | ToolCall
     | ToolResult
     | ApprovalRequired
-    | RouteChosen
+    | ModeChosen
     | Reformulated
     | WorkerProgress
     | ErrorEvent
@@ -396,7 +396,7 @@ class AnswerRecord:
     usage: Usage | None = None
     backend: BackendSelected | None = None
     sources: Sources | None = None
-    route: RouteChosen | None = None
+    route: ModeChosen | None = None
     reformulated: Reformulated | None = None
     #: How the answer was made, in order: route, reformulation, consensus workers (their
     #: results, not their starts), the agent's steps.
@@ -418,8 +418,8 @@ class AnswerRecord:
             self.error = event
         elif isinstance(event, Done):
             self.done = event
-        elif isinstance(event, (RouteChosen, Reformulated, WorkerProgress, *AGENT_STEPS)):
-            if isinstance(event, RouteChosen):
+        elif isinstance(event, (ModeChosen, Reformulated, WorkerProgress, *AGENT_STEPS)):
+            if isinstance(event, ModeChosen):
                 self.route = event
             elif isinstance(event, Reformulated):
                 self.reformulated = event

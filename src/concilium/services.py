@@ -44,11 +44,11 @@ from concilium.llm.registry import build_backends
 from concilium.llm.router import Router
 from concilium.observability.metrics import Metrics
 from concilium.orchestrator.agent import AgentMode
+from concilium.orchestrator.auto import IntentModeChooser
 from concilium.orchestrator.consensus import ConsensusMode
 from concilium.orchestrator.engine import Orchestrator
 from concilium.orchestrator.intent import IntentClassifier, Vectorise
 from concilium.orchestrator.rag import RagMode
-from concilium.orchestrator.routing import IntentRouting
 from concilium.store.db import Database
 from concilium.store.migrate import upgrade
 
@@ -119,14 +119,14 @@ class Services:
         tools.services["knowledge"] = knowledge
         orchestrator.register_mode(AgentMode(settings, router, tools, orchestrator.prompts))
         orchestrator.register_mode(ConsensusMode(settings, router))
-        routing = settings.orchestration.router
-        if routing.enabled:
+        intents = settings.orchestration.classifier
+        if intents.enabled:
             classifier = IntentClassifier(
-                routing,
-                _vectoriser(knowledge, routing.embedder or knowledge.embedders.default),
+                intents,
+                _vectoriser(knowledge, intents.embedder or knowledge.embedders.default),
                 router,
             )
-            orchestrator.auto = IntentRouting(settings, classifier, rag)
+            orchestrator.auto = IntentModeChooser(settings, classifier, rag)
         chat = ChatService(settings, db, orchestrator, metrics, workspaces, process, bus)
         _housekeeping(queue, worker, scheduler, chat, knowledge)
         return cls(

@@ -30,7 +30,7 @@ def _cli_env(live: Live, fake_url: str) -> dict[str, str]:
             "CONCILIUM_DATA_DIR": str(live.services.settings.data_dir),
             "CONCILIUM_MODELS_DIR": str(MODELS_DIR),
             "CONCILIUM_CHAT__DEFAULT_MODEL": "fake-model",
-            "CONCILIUM_ORCHESTRATION__ROUTER__ENABLED": "false",
+            "CONCILIUM_ORCHESTRATION__CLASSIFIER__ENABLED": "false",
             "CONCILIUM_BACKENDS": json.dumps(
                 {"remote": {"type": "openai", "base_url": fake_url, "models": ["fake-model"]}}
             ),

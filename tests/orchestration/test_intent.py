@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from concilium.orchestrator.auto import IntentModeChooser
 from concilium.orchestrator.intent import INTENTS, IntentClassifier, load_examples, shipped_examples
-from concilium.orchestrator.routing import IntentRouting
 from concilium.services import running_services
 from tests.conftest import TEST_MODEL, SettingsFactory
 
 
 def _classifier(services: object) -> IntentClassifier:
     auto = services.orchestrator.auto  # type: ignore[attr-defined]
-    assert isinstance(auto, IntentRouting)
+    assert isinstance(auto, IntentModeChooser)
     return auto.classifier
 
 
@@ -35,7 +35,7 @@ def test_the_shipped_set_covers_every_intent_in_both_languages() -> None:
 async def test_held_out_examples_are_classified_by_the_embedder(
     make_settings: SettingsFactory,
 ) -> None:
-    settings = make_settings(orchestration={"router": {"enabled": True, "llm_fallback": False}})
+    settings = make_settings(orchestration={"classifier": {"enabled": True, "llm_fallback": False}})
     async with running_services(settings) as services:
         classifier = _classifier(services)
         held = shipped_examples("heldout")
@@ -62,7 +62,7 @@ async def test_extra_examples_from_a_file_teach_new_phrasings(
     )
     settings = make_settings(
         orchestration={
-            "router": {"enabled": True, "llm_fallback": False, "examples_file": str(extra)}
+            "classifier": {"enabled": True, "llm_fallback": False, "examples_file": str(extra)}
         }
     )
     async with running_services(settings) as services:
@@ -84,7 +84,7 @@ def test_a_bad_examples_file_names_its_line(tmp_path: Path) -> None:
 async def test_an_unsure_classifier_asks_the_model(make_settings: SettingsFactory) -> None:
     settings = make_settings(
         orchestration={
-            "router": {
+            "classifier": {
                 "enabled": True,
                 "threshold": 1.0,
                 "llm_fallback": True,
@@ -104,7 +104,7 @@ async def test_a_fallback_that_fails_keeps_the_embedding_decision(
     settings = make_settings(
         backends={"down": {"type": "openai", "base_url": "http://127.0.0.1:9/v1", "models": ["m"]}},
         orchestration={
-            "router": {
+            "classifier": {
                 "enabled": True,
                 "threshold": 1.0,
                 "llm_fallback": True,

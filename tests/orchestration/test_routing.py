@@ -30,7 +30,7 @@ The Zephyr-9 motor carries a seven-year warranty; the burrs are covered for two 
 
 def _router_on(live_server: LiveFactory) -> Any:
     return live_server(
-        orchestration={"router": {"enabled": True}},
+        orchestration={"classifier": {"enabled": True}},
         agents={"max_iterations": 2, "step_tokens": 96},
     )
 

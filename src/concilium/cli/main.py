@@ -202,8 +202,8 @@ async def _ask(
     from concilium.events import (
         AnswerRecord,
         ErrorEvent,
+        ModeChosen,
         Reformulated,
-        RouteChosen,
         Token,
         WorkerProgress,
     )
@@ -246,7 +246,7 @@ async def _ask(
                 if not as_json:
                     sys.stdout.write(event.text)
                     sys.stdout.flush()
-            elif isinstance(event, RouteChosen) and not as_json:
+            elif isinstance(event, ModeChosen) and not as_json:
                 why = (
                     f" ({event.intent} {event.confidence:.2f}, {event.method})"
                     if event.intent
@@ -387,7 +387,7 @@ def chat(
     config: ConfigOption = None,
 ) -> None:
     """Interactive chat in the terminal; answers stream, Ctrl-C stops one, Ctrl-D leaves."""
-    from concilium.events import ErrorEvent, MessageStarted, RouteChosen, Token, WorkerProgress
+    from concilium.events import ErrorEvent, MessageStarted, ModeChosen, Token, WorkerProgress
     from concilium.orchestrator.request import AnswerOptions
     from concilium.services import Services
 
@@ -414,7 +414,7 @@ def chat(
                         last_user = event.user_message_id
                     elif isinstance(event, Token):
                         console.out(event.text, end="", highlight=False)
-                    elif isinstance(event, RouteChosen) and event.intent:
+                    elif isinstance(event, ModeChosen) and event.intent:
                         console.print(f"[dim]→ {event.mode} ({event.intent})[/]")
                     elif isinstance(event, WorkerProgress) and event.status != "started":
                         console.print(f"[dim]worker {event.name} {event.status}[/]")

@@ -22,7 +22,7 @@ from concilium.events import (
     ErrorEvent,
     Event,
     EventStream,
-    RouteChosen,
+    ModeChosen,
     Usage,
 )
 from concilium.llm.base import ChatMessage
@@ -46,8 +46,8 @@ __all__ = [
     "RAG_PREFIX",
     "AnswerOptions",
     "AnswerRequest",
-    "AutoRouting",
     "Mode",
+    "ModeChooser",
     "Orchestrator",
     "PreparedAnswer",
     "check_sizes",
@@ -65,7 +65,7 @@ class PreparedAnswer:
     #: What the mode's own ``prepare`` checked and resolved (e.g. collections).
     context: Any = None
     #: How the mode was chosen, sent first in the stream.
-    decision: RouteChosen | None = None
+    decision: ModeChosen | None = None
 
 
 class Mode(Protocol):
@@ -116,19 +116,19 @@ class DirectMode:
             yield event
 
 
-def _announced(decision: RouteChosen) -> bool:
+def _announced(decision: ModeChosen) -> bool:
     """What the caller did not choose is said: the router's decision, the profile."""
     if decision.method == "default":
         return False
     return decision.method != "requested" or decision.profile is not None
 
 
-class AutoRouting(Protocol):
+class ModeChooser(Protocol):
     """Mode auto: picks the mode (and may name collections) for a request."""
 
     async def decide(
         self, request: AnswerRequest, available: Sequence[str]
-    ) -> tuple[AnswerRequest, RouteChosen]: ...
+    ) -> tuple[AnswerRequest, ModeChosen]: ...
 
 
 def check_sizes(messages: Sequence[ChatMessage], limit: int) -> None:
@@ -154,13 +154,13 @@ class Orchestrator:
         self.meter = meter
         self.prompts = prompts or PromptBuilder(router.settings.orchestration.context, router)
         self.modes: dict[str, Mode] = {}
-        self.auto: AutoRouting | None = None
+        self.auto: ModeChooser | None = None
         self.register_mode(DirectMode(router, self.prompts))
 
     def register_mode(self, mode: Mode) -> None:
         self.modes[mode.name] = mode
 
-    async def _choose_mode(self, request: AnswerRequest) -> tuple[AnswerRequest, RouteChosen]:
+    async def _choose_mode(self, request: AnswerRequest) -> tuple[AnswerRequest, ModeChosen]:
         options = request.options
         if options.mode == "auto":
             if self.auto is not None:
@@ -169,11 +169,11 @@ class Orchestrator:
                     return request, decision
             mode = "rag" if options.collections and "rag" in self.modes else "direct"
             reason = "collections named" if mode == "rag" else "no classifier"
-            return request, RouteChosen(mode, method="default", reason=reason)
+            return request, ModeChosen(mode, method="default", reason=reason)
         if options.mode not in self.modes:
             known = ", ".join(["auto", *self.modes])
             raise InvalidRequest(f"mode {options.mode!r} is not available (available: {known})")
-        return request, RouteChosen(options.mode, profile=options.consensus.profile)
+        return request, ModeChosen(options.mode, profile=options.consensus.profile)
 
     async def prepare(self, request: AnswerRequest, context: Any = None) -> PreparedAnswer:
         """Validate and check quotas: every refusal here is a 4xx before any work.
@@ -191,7 +191,7 @@ class Orchestrator:
         route = Route(request.model, ()) if consensus else self.router.resolve(request.model)
         request, chosen = await self._choose_mode(request)
         mode = chosen.mode
-        decision: RouteChosen | None = chosen
+        decision: ModeChosen | None = chosen
         if request.account is not None and self.meter is not None:
             await self.meter.check(request.account)
         if context is None:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import structlog
 
-from concilium.config import IntentRouterSettings
+from concilium.config import IntentClassifierSettings
 from concilium.errors import ConciliumError, InvalidRequest
 from concilium.events import Token
 from concilium.llm.base import ChatMessage, GenerationParams, ResponseFormat
@@ -113,7 +113,7 @@ class IntentClassifier:
 
     def __init__(
         self,
-        settings: IntentRouterSettings,
+        settings: IntentClassifierSettings,
         vectorise: Vectorise,
         router: Router | None = None,
         examples: Sequence[Example] | None = None,

@@ -38,8 +38,8 @@ from concilium.events import (
     Done,
     ErrorEvent,
     Event,
+    ModeChosen,
     Reformulated,
-    RouteChosen,
     Sources,
     Thought,
     Token,
@@ -243,7 +243,7 @@ class _Completion:
 #: Events that start a streamed response (they come before any text, sometimes long before).
 _PROGRESS = (WorkerProgress, Thought, ToolCall)
 #: Events streamed to OpenAI clients as ``{"choices": [], "concilium": {event}}`` chunks.
-_SHOWN = (RouteChosen, Reformulated, WorkerProgress, Thought, ToolCall, ToolResult)
+_SHOWN = (ModeChosen, Reformulated, WorkerProgress, Thought, ToolCall, ToolResult)
 
 
 def _finish_reason(reason: str) -> str:

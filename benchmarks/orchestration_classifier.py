@@ -10,7 +10,7 @@ Sets: ``heldout`` (60 examples never used as examples) and the whole shipped set
 leave-one-out (each example classified by all the others). The model is the default
 qwen2.5-coder-1.5b on the embedded backend.
 
-Usage: ``python benchmarks/orchestration_router.py [--write] [--model NAME]``.
+Usage: ``python benchmarks/orchestration_classifier.py [--write] [--model NAME]``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from concilium.config import IntentRouterSettings, Settings  # noqa: E402
+from concilium.config import IntentClassifierSettings, Settings  # noqa: E402
 from concilium.orchestrator.intent import (  # noqa: E402
     INTENTS,
     Example,
@@ -98,7 +98,7 @@ async def main(write: bool, model: str) -> None:
                 return np.asarray([vectors[t] for t in texts])
 
             def classifier(examples: list[Example], fallback: bool) -> IntentClassifier:
-                routing = IntentRouterSettings(fallback_model=model, llm_fallback=fallback)
+                routing = IntentClassifierSettings(fallback_model=model, llm_fallback=fallback)
                 return IntentClassifier(routing, cached, services.router, examples)
 
             train, held, every = (
@@ -148,7 +148,7 @@ async def main(write: bool, model: str) -> None:
     loo_rows = [runs[f"loo {k}"].row(None) for k in names]
     text = "\n".join(
         [
-            measured_line("python benchmarks/orchestration_router.py --write"),
+            measured_line("python benchmarks/orchestration_classifier.py --write"),
             "",
             f"Five intents (chit_chat, generation, knowledge, operational, clarification); "
             f"{len(every)} shipped French/English examples, {len(held)} held out. Embedder "
@@ -168,7 +168,7 @@ async def main(write: bool, model: str) -> None:
     )
     print(text)
     if write:
-        write_section("orchestration-router", "Orchestration: routing", text)
+        write_section("orchestration-classifier", "Orchestration: the intent classifier", text)
 
 
 if __name__ == "__main__":

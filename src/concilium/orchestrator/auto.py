@@ -19,7 +19,7 @@ import structlog
 from concilium.auth.principal import Scope
 from concilium.config import Settings
 from concilium.errors import ConciliumError
-from concilium.events import RouteChosen
+from concilium.events import ModeChosen
 from concilium.knowledge.language import detect_language
 from concilium.llm.base import ChatMessage
 from concilium.orchestrator.engine import AnswerRequest
@@ -27,7 +27,7 @@ from concilium.orchestrator.intent import IntentClassifier
 from concilium.orchestrator.rag import RagMode, caller_of
 from concilium.orchestrator.reformulate import last_question, with_previous
 
-__all__ = ["IntentRouting"]
+__all__ = ["IntentModeChooser"]
 
 log = structlog.get_logger(__name__)
 
@@ -44,23 +44,23 @@ _CLARIFY = {
 }
 
 
-class IntentRouting:
+class IntentModeChooser:
     def __init__(
         self, settings: Settings, classifier: IntentClassifier, rag: RagMode | None
     ) -> None:
         self.settings = settings
         self.classifier = classifier
         self.rag = rag
-        self.threshold = settings.orchestration.router.threshold
+        self.threshold = settings.orchestration.classifier.threshold
 
     async def decide(
         self, request: AnswerRequest, available: Sequence[str]
-    ) -> tuple[AnswerRequest, RouteChosen]:
+    ) -> tuple[AnswerRequest, ModeChosen]:
         question, earlier = last_question(request.messages)
         text = with_previous(question, earlier)  # "and the other one?" needs its context
         decision = await self.classifier.classify(text)
         intent = decision.intent
-        base = RouteChosen(
+        base = ModeChosen(
             "direct",
             intent=intent,
             confidence=decision.confidence,
@@ -121,7 +121,7 @@ class IntentRouting:
         assert self.rag is not None
         knowledge = self.rag.knowledge
         caller = caller_of(request) if request.principal.is_operator else request.principal
-        if not self.settings.orchestration.router.search_workspace:
+        if not self.settings.orchestration.classifier.search_workspace:
             return "direct", "no collections named, and searching them is off", ()
         if not request.principal.allows(Scope.KNOWLEDGE_READ):
             return (
