@@ -11,10 +11,10 @@ from typing import Any
 import httpx_sse
 from sqlalchemy import select, update
 
+from concilium.agents.approvals import RunState
 from concilium.auth.principal import OPERATOR
 from concilium.events import ApprovalRequired, Done, Event, ToolResult
 from concilium.llm.base import ChatMessage
-from concilium.orchestrator.agent import RunState
 from concilium.orchestrator.request import AnswerOptions, AnswerRequest
 from concilium.services import running_services
 from concilium.store.models import AgentApproval, AuditEntry, utcnow

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from concilium.agents.approvals import RunState
+from concilium.agents.steps import StepMarkupFilter, parse_step
 from concilium.auth.principal import OPERATOR
 from concilium.chat.service import error_for
 from concilium.events import (
@@ -24,7 +26,6 @@ from concilium.events import (
 )
 from concilium.knowledge.service import Upload
 from concilium.llm.base import ChatMessage
-from concilium.orchestrator.agent import RunState, StepMarkupFilter, parse_step
 from concilium.orchestrator.request import AgentOptions, AnswerOptions, AnswerRequest
 from concilium.services import Services, running_services
 from concilium.store.models import AuditEntry, Workspace
