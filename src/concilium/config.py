@@ -315,7 +315,10 @@ class RemoteEmbedderSettings(_Section):
 class RerankerSettings(_Section):
     """A reranker: an LLM judging relevance, a local cross-encoder, or a rerank API."""
 
-    kind: Literal["llm", "cross-encoder", "remote"] = Field(description="What scores passages.")
+    kind: str = Field(
+        description="What scores passages: llm, cross-encoder, remote, or a plugin's kind "
+        "(entry-point group concilium.rerankers)."
+    )
     model: str = Field(
         "default",
         description="llm: model id or alias that judges; remote: model name sent to the server.",
@@ -329,6 +332,9 @@ class RerankerSettings(_Section):
         None, description="remote: a configured backend whose server has /v1/rerank."
     )
     max_chars: int = Field(2000, ge=100, le=100_000, description="Passage text sent, at most.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="What a plugin's kind of reranker takes besides."
+    )
 
 
 class KnowledgeSettings(_Section):
@@ -655,8 +661,10 @@ class ConsensusProfile(_Section):
     workers: Annotated[list[ConsensusWorker], Field(min_length=1, max_length=16)] = Field(
         description="Who answers."
     )
-    strategy: Literal["merger", "majority", "weighted", "best_of"] = Field(
-        "merger", description="How the answers become one."
+    strategy: str = Field(
+        "merger",
+        description="How the answers become one: merger, majority, weighted, best_of, or a "
+        "plugin's (entry-point group concilium.consensus_strategies).",
     )
     merger_model: str = Field("default", description="Writes the synthesis (merger).")
     judge: str = Field(

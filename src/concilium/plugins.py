@@ -57,6 +57,24 @@ KINDS: dict[str, PluginKind] = {
             "an Embedder subclass (concilium.knowledge.embedders.base)",
             "Embedders",
         ),
+        PluginKind(
+            "rerankers",
+            "concilium.rerankers",
+            "a Reranker subclass (concilium.knowledge.rerank)",
+            "Rerankers",
+        ),
+        PluginKind(
+            "strategies",
+            "concilium.consensus_strategies",
+            "a ConsensusStrategy subclass (concilium.orchestrator.consensus)",
+            "Consensus strategies",
+        ),
+        PluginKind(
+            "modes",
+            "concilium.modes",
+            "a callable ModeContext → Mode (concilium.orchestrator.modes)",
+            "Answer modes",
+        ),
     )
 }
 

@@ -43,11 +43,10 @@ from concilium.llm.cache import ResponseCache
 from concilium.llm.registry import build_backends
 from concilium.llm.router import Router
 from concilium.observability.metrics import Metrics
-from concilium.orchestrator.agent import AgentMode
 from concilium.orchestrator.auto import IntentModeChooser
-from concilium.orchestrator.consensus import ConsensusMode
 from concilium.orchestrator.engine import Orchestrator
 from concilium.orchestrator.intent import IntentClassifier, Vectorise
+from concilium.orchestrator.modes import ModeContext, load_modes
 from concilium.orchestrator.rag import RagMode
 from concilium.store.db import Database
 from concilium.store.migrate import upgrade
@@ -113,12 +112,12 @@ class Services:
             worker=worker,
             bus=bus,
         )
-        rag = RagMode(settings, router, knowledge, prompts=orchestrator.prompts)
-        orchestrator.register_mode(rag)
         tools = build_tools(settings, audit, db)
         tools.services["knowledge"] = knowledge
-        orchestrator.register_mode(AgentMode(settings, router, tools, orchestrator.prompts))
-        orchestrator.register_mode(ConsensusMode(settings, router))
+        made = ModeContext(settings, router, orchestrator.prompts, knowledge, tools)
+        for mode in load_modes(made):
+            orchestrator.register_mode(mode)
+        rag = orchestrator.modes.get("rag")
         intents = settings.orchestration.classifier
         if intents.enabled:
             classifier = IntentClassifier(
@@ -126,7 +125,9 @@ class Services:
                 _vectoriser(knowledge, intents.embedder or knowledge.embedders.default),
                 router,
             )
-            orchestrator.auto = IntentModeChooser(settings, classifier, rag)
+            orchestrator.auto = IntentModeChooser(
+                settings, classifier, rag if isinstance(rag, RagMode) else None
+            )
         chat = ChatService(settings, db, orchestrator, metrics, workspaces, process, bus)
         _housekeeping(queue, worker, scheduler, chat, knowledge)
         return cls(

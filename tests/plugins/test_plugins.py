@@ -148,3 +148,95 @@ def test_every_kind_is_documented_and_every_builtin_is_tested() -> None:
         return any(name in tests for name in names)
 
     assert not [p.describe() for p in builtins if not tested(p)]
+
+
+KINDS_PLUGIN = """
+    from concilium.events import Done, Token, Usage
+    from concilium.knowledge.rerank import Reranker
+    from concilium.orchestrator.consensus import ConsensusStrategy, Verdict
+
+    class Echo:
+        name = "echo"
+
+        def __init__(self, context):
+            self.context = context
+
+        async def run(self, prepared):
+            yield Token("echo: " + prepared.request.messages[-1].content)
+            yield Usage(0, 0)
+            yield Done("stop")
+
+    def echo(context):
+        return Echo(context)
+
+    class First(ConsensusStrategy):
+        async def decide(self, ballot):
+            yield Token(ballot.answers[0].text)
+            yield Verdict("first", ballot.answers[0].index)
+
+    class Shortest(Reranker):
+        @classmethod
+        def configured(cls, name, config, settings, router):
+            made = cls()
+            made.name = name
+            return made
+
+        async def score(self, query, passages):
+            return [-float(len(p)) for p in passages]
+"""
+KINDS_ENTRY_POINTS = """
+    [concilium.modes]
+    echo = kinds_plugin:echo
+    [concilium.consensus_strategies]
+    first = kinds_plugin:First
+    [concilium.rerankers]
+    shortest = kinds_plugin:Shortest
+"""
+
+
+async def test_modes_strategies_and_rerankers_from_a_plugin_are_used(
+    installed, make_settings: SettingsFactory
+) -> None:  # type: ignore[no-untyped-def]
+    from concilium.llm.base import ChatMessage
+    from concilium.orchestrator.request import AnswerOptions, AnswerRequest
+    from concilium.services import running_services
+
+    installed("kinds_plugin", KINDS_ENTRY_POINTS, KINDS_PLUGIN)
+    settings = make_settings(
+        knowledge={"rerankers": {"short": {"kind": "shortest"}}},
+        orchestration={
+            "consensus": {"quick": {"strategy": "first", "workers": [{"model": "default"}]}}
+        },
+    )
+    async with running_services(settings) as services:
+        request = AnswerRequest([ChatMessage("user", "hi")], AnswerOptions(mode="echo"))
+        events = [e async for e in services.orchestrator.answer(request)]
+        assert "".join(getattr(e, "text", "") for e in events) == "echo: hi"
+        consensus = services.orchestrator.modes["consensus"]
+        assert type(consensus.strategies["first"]).__name__ == "First"  # type: ignore[attr-defined]
+        reranker = services.knowledge.rerankers.get("short")
+        assert await reranker.score("q", ["long passage", "short"]) == [-12.0, -5.0]
+
+
+@pytest.mark.parametrize(
+    ("section", "problem"),
+    [
+        (
+            {"knowledge": {"rerankers": {"x": {"kind": "missing"}}}},
+            "reranker 'x' is of kind 'missing', which no installed plugin provides",
+        ),
+        (
+            {
+                "orchestration": {
+                    "consensus": {"p": {"strategy": "missing", "workers": [{"model": "m"}]}}
+                }
+            },
+            "consensus profile 'p' uses strategy 'missing', which no installed plugin provides",
+        ),
+    ],
+)
+def test_a_setting_naming_what_no_plugin_provides_stops_the_start(
+    make_settings: SettingsFactory, section: dict[str, object], problem: str
+) -> None:
+    with pytest.raises(PluginError, match=problem):
+        Services.build(make_settings(**section))

@@ -120,8 +120,10 @@ class GenerationFields(BaseModel):
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     response_format: ResponseFormatIn | None = None
-    mode: Literal["auto", "direct", "rag", "agent", "consensus"] = Field(
-        "auto", description="How to answer; auto lets the router pick."
+    mode: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")] = Field(
+        "auto",
+        description="How to answer: auto (the intent classifier picks), direct, rag, agent, "
+        "consensus, or an installed plugin's mode.",
     )
     profile: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(
         None, description="Mode consensus: the profile (default: default)."

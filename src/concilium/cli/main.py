@@ -146,7 +146,10 @@ def ask(
     ] = None,
     mode: Annotated[
         str,
-        typer.Option(help="auto (the router picks), direct, rag, agent or consensus."),
+        typer.Option(
+            help="auto (the intent classifier picks), direct, rag, agent, consensus, or a "
+            "plugin's mode."
+        ),
     ] = "auto",
     profile: Annotated[str | None, typer.Option(help="Consensus profile (mode consensus).")] = None,
     config: ConfigOption = None,
@@ -382,7 +385,7 @@ def chat(
         ),
     ] = None,
     mode: Annotated[
-        str, typer.Option(help="auto (the router picks), direct, rag, agent or consensus.")
+        str, typer.Option(help="auto (the intent classifier picks), direct, rag, agent, consensus…")
     ] = "auto",
     config: ConfigOption = None,
 ) -> None:

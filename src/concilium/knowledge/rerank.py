@@ -1,5 +1,7 @@
 """Rerankers: a second, slower look at the best candidates, behind one registry.
 
+Each kind is a plugin (entry-point group ``concilium.rerankers``); the built-ins:
+
 - ``llm``: a chat model judges each passage (0-3) under a JSON schema, so even a small
   local model answers in a form we can read; unreadable answers score 0.
 - ``cross-encoder``: a local model directory (sentence-transformers, or ONNX with its
@@ -26,6 +28,7 @@ from concilium.errors import BackendUnavailable, InvalidRequest
 from concilium.events import Token
 from concilium.llm.base import ChatMessage, GenerationParams, ResponseFormat
 from concilium.llm.router import Router
+from concilium.plugins import PluginError, load
 
 __all__ = ["Reranker", "RerankerRegistry"]
 
@@ -45,14 +48,36 @@ _JUDGE_PROMPT = (
 
 
 class Reranker(ABC):
+    """A kind of reranker. The settings' ``knowledge.rerankers`` name instances of it."""
+
     name: str
+
+    @classmethod
+    @abstractmethod
+    def configured(
+        cls, name: str, config: RerankerSettings, settings: Settings, router: Router
+    ) -> Reranker:
+        """The reranker ``name`` as configured (``config.options`` holds what is the
+        kind's own); a bad configuration is an ``InvalidRequest`` naming it."""
 
     @abstractmethod
     async def score(self, query: str, passages: Sequence[str]) -> list[float]:
         """One score per passage, higher is more relevant (scales differ by reranker)."""
 
 
+def _check(obj: Any) -> str | None:
+    if not (isinstance(obj, type) and issubclass(obj, Reranker)):
+        return f"{obj!r} is not a Reranker subclass"
+    return None
+
+
 class LLMReranker(Reranker):
+    @classmethod
+    def configured(
+        cls, name: str, config: RerankerSettings, settings: Settings, router: Router
+    ) -> Reranker:
+        return cls(name, router, config.model, config.max_chars)
+
     def __init__(self, name: str, router: Router, model: str, max_chars: int) -> None:
         self.name = name
         self.router = router
@@ -93,6 +118,14 @@ class LLMReranker(Reranker):
 
 
 class CrossEncoderReranker(Reranker):
+    @classmethod
+    def configured(
+        cls, name: str, config: RerankerSettings, settings: Settings, router: Router
+    ) -> Reranker:
+        if config.path is None:
+            raise InvalidRequest(f"reranker {name!r}: a cross-encoder needs a path")
+        return cls(name, config.path, config.max_chars)
+
     def __init__(self, name: str, path: Path, max_chars: int) -> None:
         self.name = name
         self.path = path
@@ -150,6 +183,18 @@ class RemoteReranker(Reranker):
     """``POST {base_url}/rerank`` with ``{model, query, documents}``; reads
     ``results[].index`` and ``relevance_score``."""
 
+    @classmethod
+    def configured(
+        cls, name: str, config: RerankerSettings, settings: Settings, router: Router
+    ) -> Reranker:
+        backend = settings.backends.get(config.backend or "")
+        if backend is None or not backend.base_url:
+            raise InvalidRequest(
+                f"reranker {name!r}: backend {config.backend!r} is not a configured server"
+            )
+        key = backend.api_key.get_secret_value() if backend.api_key else None
+        return cls(name, backend.base_url, config.model, key, config.max_chars)
+
     def __init__(
         self, name: str, base_url: str, model: str, api_key: str | None, max_chars: int
     ) -> None:
@@ -190,10 +235,23 @@ class RemoteReranker(Reranker):
 
 
 class RerankerRegistry:
+    """The configured rerankers (plus ``llm``, the default model judging), each made on
+    first use by its kind's plugin. A configured kind no plugin provides stops the start."""
+
     def __init__(self, settings: Settings, router: Router) -> None:
         self.settings = settings
         self.router = router
         self._instances: dict[str, Reranker] = {}
+        self.kinds: dict[str, type[Reranker]] = {
+            name: cls for name, (_, cls) in load("rerankers", _check).items()
+        }
+        for name, config in settings.knowledge.rerankers.items():
+            if config.kind not in self.kinds:
+                known = ", ".join(sorted(self.kinds))
+                raise PluginError(
+                    f"reranker {name!r} is of kind {config.kind!r}, which no installed plugin "
+                    f"provides (kinds: {known})"
+                )
 
     def _config(self, name: str) -> RerankerSettings:
         configured = self.settings.knowledge.rerankers
@@ -215,19 +273,6 @@ class RerankerRegistry:
         if found is not None:
             return found
         config = self._config(name)
-        if config.kind == "llm":
-            found = LLMReranker(name, self.router, config.model, config.max_chars)
-        elif config.kind == "cross-encoder":
-            if config.path is None:
-                raise InvalidRequest(f"reranker {name!r}: a cross-encoder needs a path")
-            found = CrossEncoderReranker(name, config.path, config.max_chars)
-        else:
-            backend = self.settings.backends.get(config.backend or "")
-            if backend is None or not backend.base_url:
-                raise InvalidRequest(
-                    f"reranker {name!r}: backend {config.backend!r} is not a configured server"
-                )
-            key = backend.api_key.get_secret_value() if backend.api_key else None
-            found = RemoteReranker(name, backend.base_url, config.model, key, config.max_chars)
+        found = self.kinds[config.kind].configured(name, config, self.settings, self.router)
         self._instances[name] = found
         return found

@@ -1,12 +1,10 @@
 """Several models answer in parallel; a strategy turns their answers into one.
 
-Strategies: ``merger`` (a model writes one answer from all of them), ``majority``
-(normalised answers vote, ties broken by confidence), ``weighted`` (votes weighted by
-each worker's weight and confidence: the mean token probability where the backend gives
-log-probabilities), ``best_of`` (a judge model, or the answer closest to the others,
-picks one). Workers that fail or exceed their timeout are reported and left out; the
-answer is made from the others (``min_workers``). Once enough workers agree
-(``agreement``) the rest are stopped and merger/best_of skip their own model call.
+A strategy is a plugin (``ConsensusStrategy``; the built-ins, merger, majority, weighted
+and best_of, are in ``strategies.py``). Workers that fail or exceed their timeout are
+reported and left out; the answer is made from the others (``min_workers``). Once enough
+workers agree (``agreement``) the rest are stopped and the vote decides, with no model
+call of the strategy's own.
 The profile's ``max_seconds`` and ``max_tokens`` bound the workers' phase.
 
 Every worker's progress is an event (``worker``); the final answer streams as tokens.
@@ -15,13 +13,14 @@ Every worker's progress is an event (``worker``); the final answer streams as to
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import re
 import time
 import unicodedata
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import structlog
 
@@ -37,15 +36,19 @@ from concilium.events import (
     WorkerProgress,
     WorkerSummary,
 )
-from concilium.knowledge.language import detect_language
-from concilium.llm.base import ChatMessage, GenerationParams, ResponseFormat
+from concilium.llm.base import ChatMessage, GenerationParams
 from concilium.llm.router import Router
 from concilium.orchestrator.engine import AnswerRequest, PreparedAnswer
+from concilium.plugins import PluginError, load
 
 __all__ = [
+    "Ballot",
     "ConsensusMode",
+    "ConsensusStrategy",
+    "Verdict",
     "WorkerAnswer",
     "agreement_pick",
+    "by_vote",
     "normalise_answer",
     "vote",
 ]
@@ -61,25 +64,6 @@ _LEAD = re.compile(
 _LETTER = re.compile(r"^\(?([a-e])(?:\)|\.|:|\s|$)", re.I)
 _NUMBER = re.compile(r"-?\d+(?:[.,]\d+)?")
 _ARTICLES = re.compile(r"\b(?:the|a|an|le|la|les|l|un|une|des|du|de)\b")
-
-_MERGE = {
-    "en": (
-        "Several assistants answered the same request. Write the single best answer: keep "
-        "what is correct, settle disagreements by checking the reasoning, fix mistakes. "
-        "Follow the request's own instructions on form and length. Do not mention the "
-        "assistants."
-    ),
-    "fr": (
-        "Plusieurs assistants ont répondu à la même demande. Écris la meilleure réponse "
-        "unique : garde ce qui est juste, tranche les désaccords en vérifiant le "
-        "raisonnement, corrige les erreurs. Respecte les consignes de forme et de longueur "
-        "de la demande. Ne mentionne pas les assistants."
-    ),
-}
-_JUDGE = (
-    "Several assistants answered the same request. Which answer is the most correct and "
-    'useful? Reply with JSON {"best": <number of the answer>}.'
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,12 +192,83 @@ class ConsensusContext:
     profile: ConsensusProfile
 
 
+@dataclass(frozen=True, slots=True)
+class Ballot:
+    """What a strategy decides from."""
+
+    #: The profile's name and settings.
+    name: str
+    profile: ConsensusProfile
+    request: AnswerRequest
+    #: The workers that answered, in worker order (at least ``min_workers``).
+    answers: Sequence[WorkerAnswer]
+    #: Their vote (weighted when the strategy is).
+    tally: Vote
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What a strategy decided, after streaming the answer's text."""
+
+    #: How: ``vote``, ``single``, ``judge:<model>``, ``merger``, or a plugin's own word.
+    method: str
+    #: The worker whose answer was given, when one was.
+    winner: int | None = None
+    #: Votes per answer key, when a vote decided.
+    tally: tuple[tuple[str, float], ...] = ()
+    #: Why the strategy fell back (e.g. the merger failed and the vote decided).
+    fallback_reason: str | None = None
+    finish_reason: str = "stop"
+
+
+class ConsensusStrategy(ABC):
+    """Turns the workers' answers into one (entry-point group
+    ``concilium.consensus_strategies``; a profile names it in ``strategy``)."""
+
+    #: Ask workers for log-probabilities: votes are weighted by confidence.
+    weighted: ClassVar[bool] = False
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    @abstractmethod
+    def decide(self, ballot: Ballot) -> AsyncIterator[Token | Usage | Verdict]:
+        """Stream the answer as ``Token`` events, report any model calls of its own as
+        ``Usage``, and end with the ``Verdict``. A ``ConciliumError`` before any text
+        fails the answer."""
+
+
+def by_vote(ballot: Ballot) -> tuple[str, Verdict]:
+    """The vote's winner: what majority and weighted give, and what every strategy gives
+    when workers agreed early or only one answered."""
+    chosen = ballot.tally.answer
+    method = "vote" if len(ballot.answers) > 1 else "single"
+    tally = tuple((k, round(v, 4)) for k, v in ballot.tally.tally.items())
+    return chosen.text, Verdict(method, chosen.index, tally)
+
+
+def _check(obj: Any) -> str | None:
+    if not (isinstance(obj, type) and issubclass(obj, ConsensusStrategy)):
+        return f"{obj!r} is not a ConsensusStrategy subclass"
+    return None
+
+
 class ConsensusMode:
     name = "consensus"
 
     def __init__(self, settings: Settings, router: Router) -> None:
         self.settings = settings
         self.router = router
+        self.strategies: dict[str, ConsensusStrategy] = {
+            name: cls(router) for name, (_, cls) in load("strategies", _check).items()
+        }
+        for name, profile in self.profiles.items():
+            if profile.strategy not in self.strategies:
+                known = ", ".join(sorted(self.strategies))
+                raise PluginError(
+                    f"consensus profile {name!r} uses strategy {profile.strategy!r}, which no "
+                    f"installed plugin provides (strategies: {known})"
+                )
 
     @property
     def profiles(self) -> dict[str, ConsensusProfile]:
@@ -309,7 +364,7 @@ class ConsensusMode:
         profile, request = context.profile, prepared.request
         params = replace(
             self.router.with_defaults(request.params),
-            logprobs=profile.strategy == "weighted" or request.params.logprobs,
+            logprobs=self.strategies[profile.strategy].weighted or request.params.logprobs,
         )
         owner = "" if request.account is None else f":{request.account.user_id}"
         queue: asyncio.Queue[WorkerProgress | WorkerAnswer] = asyncio.Queue()
@@ -398,8 +453,26 @@ class ConsensusMode:
             )
         needed = _quorum(profile)
         agreed = profile.early_exit and _agreed(valid, needed)
-        tally = vote(valid, weighted=profile.strategy == "weighted")
+        strategy = self.strategies[profile.strategy]
+        tally = vote(valid, weighted=strategy.weighted)
         assert tally is not None
+        yield BackendSelected(request.model, "consensus", context.name)
+        ballot = Ballot(context.name, profile, request, valid, tally)
+        verdict: Verdict | None = None
+        if agreed or len(valid) == 1:
+            text, verdict = by_vote(ballot)
+            yield Token(text)
+        else:
+            async for decided in strategy.decide(ballot):
+                if isinstance(decided, Verdict):
+                    verdict = decided
+                elif isinstance(decided, Usage):
+                    prompt += decided.prompt_tokens
+                    completion += decided.completion_tokens
+                else:
+                    yield decided
+        if verdict is None:
+            raise RuntimeError(f"consensus strategy {profile.strategy!r} gave no verdict")
         summary = ConsensusSummary(
             profile=context.name,
             strategy=profile.strategy,
@@ -407,51 +480,11 @@ class ConsensusMode:
             answered=len(valid),
             agreement=round(tally.support, 4),
             early_exit=any(a.status == "stopped" for a in answers) and agreed,
+            method=verdict.method,
+            winner=verdict.winner,
+            tally=verdict.tally,
+            merger_error=verdict.fallback_reason,
         )
-        yield BackendSelected(request.model, "consensus", context.name)
-        text = ""
-        finish = "stop"
-        if profile.strategy in ("majority", "weighted") or agreed or len(valid) == 1:
-            chosen = tally.answer
-            summary = replace(
-                summary,
-                winner=chosen.index,
-                method="vote" if len(valid) > 1 else "single",
-                tally=tuple((k, round(v, 4)) for k, v in tally.tally.items()),
-            )
-            text = chosen.text
-            yield Token(text)
-        elif profile.strategy == "best_of":
-            pick, used = await self._judge(profile, request, valid)
-            prompt += used.prompt_tokens
-            completion += used.completion_tokens
-            summary = replace(summary, winner=pick.index, method=f"judge:{profile.judge}")
-            text = pick.text
-            yield Token(text)
-        else:
-            merged: list[str] = []
-            try:
-                async for event in self._merge(profile, context.name, request, valid):
-                    if isinstance(event, Token):
-                        merged.append(event.text)
-                        yield event
-                    elif isinstance(event, Usage):
-                        prompt += event.prompt_tokens
-                        completion += event.completion_tokens
-                    elif isinstance(event, Done):
-                        finish = event.finish_reason
-                summary = replace(summary, method="merger")
-                text = "".join(merged)
-            except ConciliumError as exc:
-                if merged:
-                    raise
-                # The workers' answers are still worth something: the vote's winner.
-                log.warning("consensus_merger_failed", error=exc.detail)
-                summary = replace(
-                    summary, method="vote", winner=tally.answer.index, merger_error=exc.detail
-                )
-                text = tally.answer.text
-                yield Token(text)
         summary = replace(summary, duration_ms=int((time.perf_counter() - t0) * 1000))
         log.info(
             "consensus_done",
@@ -464,80 +497,9 @@ class ConsensusMode:
             duration_ms=summary.duration_ms,
         )
         yield Usage(prompt, completion)
-        yield Done(finish, consensus=summary)
-
-    async def _merge(
-        self,
-        profile: ConsensusProfile,
-        name: str,
-        request: AnswerRequest,
-        answers: Sequence[WorkerAnswer],
-    ) -> AsyncIterator[Event]:
-        question, listed = _shown(request, answers)
-        language = "fr" if detect_language(question) == "fr" else "en"
-        system = [m.content for m in request.messages if m.role == "system" and m.content]
-        messages = [
-            ChatMessage("system", "\n\n".join([*system, _MERGE[language]])),
-            ChatMessage("user", f"Request:\n{question}\n\n{listed}\n\nBest answer:"),
-        ]
-        route = self.router.resolve(profile.merger_model)
-        owner = "" if request.account is None else f":{request.account.user_id}"
-        async for event in self.router.stream(
-            route,
-            messages,
-            replace(request.params, logprobs=False),
-            use_cache=request.options.use_cache,
-            cache_scope=f"consensus:{name}:merger{owner}",
-        ):
-            yield event
-
-    async def _judge(
-        self, profile: ConsensusProfile, request: AnswerRequest, answers: Sequence[WorkerAnswer]
-    ) -> tuple[WorkerAnswer, Usage]:
-        fallback = agreement_pick(answers)
-        assert fallback is not None
-        if profile.judge == "agreement":
-            return fallback, Usage(0, 0)
-        question, listed = _shown(request, answers)
-        schema = {
-            "type": "object",
-            "properties": {"best": {"type": "integer", "minimum": 1, "maximum": len(answers)}},
-            "required": ["best"],
-        }
-        params = GenerationParams(
-            temperature=0.0,
-            max_tokens=16,
-            response_format=ResponseFormat("json_schema", schema, "judgement"),
-        )
-        messages = [
-            ChatMessage("system", _JUDGE),
-            ChatMessage("user", f"Request:\n{question}\n\n{listed}"),
-        ]
-        parts: list[str] = []
-        usage = Usage(0, 0)
-        try:
-            route = self.router.resolve(profile.judge_model)
-            async for event in self.router.stream(route, messages, params, cache_scope="judge"):
-                if isinstance(event, Token):
-                    parts.append(event.text)
-                elif isinstance(event, Usage):
-                    usage = event
-            best = json.loads("".join(parts)).get("best")
-        except (ConciliumError, ValueError, AttributeError) as exc:
-            log.warning("consensus_judge_failed", error=str(exc))
-            return fallback, usage
-        if isinstance(best, int) and 1 <= best <= len(answers):
-            return answers[best - 1], usage
-        return fallback, usage
+        yield Done(verdict.finish_reason, consensus=summary)
 
 
 def _quorum(profile: ConsensusProfile) -> int:
     """Workers that must give the same answer for early exit: at least two."""
     return max(2, math.ceil(profile.agreement * len(profile.workers)))
-
-
-def _shown(request: AnswerRequest, answers: Sequence[WorkerAnswer]) -> tuple[str, str]:
-    """The question, and the answers numbered as the merger and the judge see them."""
-    question = next(m.content for m in reversed(request.messages) if m.role == "user")
-    listed = "\n\n".join(f"Answer {n}:\n{a.text.strip()}" for n, a in enumerate(answers, 1))
-    return question, listed

@@ -31,7 +31,6 @@ from concilium.orchestrator.prompt import PromptBuilder, PromptParts
 from concilium.orchestrator.request import (
     AGENT_MODEL,
     CONSENSUS_MODEL,
-    MODES,
     RAG_PREFIX,
     AnswerOptions,
     AnswerRequest,
@@ -42,7 +41,6 @@ from concilium.orchestrator.request import (
 __all__ = [
     "AGENT_MODEL",
     "CONSENSUS_MODEL",
-    "MODES",
     "RAG_PREFIX",
     "AnswerOptions",
     "AnswerRequest",
@@ -153,9 +151,9 @@ class Orchestrator:
         self.router = router
         self.meter = meter
         self.prompts = prompts or PromptBuilder(router.settings.orchestration.context, router)
+        #: The answer modes by name (the installed mode plugins, see ``modes.py``).
         self.modes: dict[str, Mode] = {}
         self.auto: ModeChooser | None = None
-        self.register_mode(DirectMode(router, self.prompts))
 
     def register_mode(self, mode: Mode) -> None:
         self.modes[mode.name] = mode
@@ -182,8 +180,9 @@ class Orchestrator:
             raise InvalidRequest("messages must not be empty")
         check_sizes(request.messages, self.router.settings.chat.max_message_chars)
         mode = request.options.mode
-        if mode not in MODES and mode not in self.modes:
-            raise InvalidRequest(f"unknown mode {mode!r} (modes: {', '.join(MODES)})")
+        if mode != "auto" and mode not in self.modes:
+            known = ", ".join(["auto", *self.modes])
+            raise InvalidRequest(f"unknown mode {mode!r} (modes: {known})", param="mode")
         check_scopes(request.principal, request.options)
         request = replace(request, options=expand_model_id(request.options))
         # Consensus workers and its merger name their own models.

@@ -23,7 +23,6 @@ from concilium.llm.base import ChatMessage, GenerationParams
 __all__ = [
     "AGENT_MODEL",
     "CONSENSUS_MODEL",
-    "MODES",
     "RAG_PREFIX",
     "AgentOptions",
     "AnswerOptions",
@@ -34,8 +33,6 @@ __all__ = [
     "expand_model_id",
 ]
 
-#: Modes a request may name; ``auto`` lets the intent classifier pick among the others.
-MODES = ("auto", "direct", "rag", "agent", "consensus")
 #: ``rag:<collection>`` or ``rag:<collection>@<model>``: a grounded answer as a model id,
 #: for clients that only know how to pick a model.
 RAG_PREFIX = "rag:"
