@@ -29,13 +29,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from concilium.config import IntentClassifierSettings, Settings  # noqa: E402
+from concilium.config import Settings  # noqa: E402
 from concilium.orchestrator.intent import (  # noqa: E402
     INTENTS,
     Example,
     IntentClassifier,
     shipped_examples,
 )
+from concilium.orchestrator.settings import IntentClassifierSettings  # noqa: E402
 from concilium.services import running_services  # noqa: E402
 from knowledge_common import measured_line, write_section  # noqa: E402
 

@@ -1,22 +1,20 @@
 """The one settings object: environment (``CONCILIUM_*``), an optional TOML file, defaults.
 
 Every other module receives a :class:`Settings` instance; nothing else reads the
-environment. Loading settings has no side effect beyond reading files that the
-settings themselves name (a config file, an API-key file).
+environment. The sections of the knowledge, agents and orchestrator packages are their
+own (``<package>/settings.py``); the others are here, and ``Settings`` assembles them.
+Loading settings has no side effect beyond reading files that the settings themselves
+name (a config file, an API-key file).
 """
 
 from __future__ import annotations
 
 import os
-import re
-import warnings
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationInfo,
@@ -32,6 +30,25 @@ from pydantic_settings import (
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
+
+from concilium.agents.settings import (
+    AgentSettings,
+    NetworkToolSettings,
+    SandboxSettings,
+    ShellSettings,
+    SshHostSettings,
+    ToolSettings,
+)
+from concilium.knowledge.settings import (
+    KnowledgeSettings,
+)
+from concilium.orchestrator.settings import (
+    ConsensusProfile,
+    ConsensusWorker,
+    ContextSettings,
+    OrchestrationSettings,
+)
+from concilium.section import Section as _Section
 
 __all__ = [
     "AgentSettings",
@@ -65,10 +82,6 @@ _config_file: ContextVar[Path | None] = ContextVar("concilium_config_file", defa
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "concilium"
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class ServerSettings(_Section):
@@ -300,467 +313,6 @@ class LimitSettings(_Section):
     monthly_tokens_per_workspace: int | None = Field(
         None, ge=0, description="Default monthly token quota of a workspace."
     )
-
-
-class RemoteEmbedderSettings(_Section):
-    """An embedder served by an OpenAI-compatible backend (``/v1/embeddings``)."""
-
-    backend: str = Field(description="Name of a configured backend with a base_url.")
-    model: str = Field(description="Model name sent to the server.")
-    dim: int = Field(ge=1, le=16384, description="Vector dimension the model returns.")
-    query_prefix: str = Field("", description='Prepended to queries (e.g. "query: ").')
-    passage_prefix: str = Field("", description='Prepended to passages (e.g. "passage: ").')
-
-
-class RerankerSettings(_Section):
-    """A reranker: an LLM judging relevance, a local cross-encoder, or a rerank API."""
-
-    kind: str = Field(
-        description="What scores passages: llm, cross-encoder, remote, or a plugin's kind "
-        "(entry-point group concilium.rerankers)."
-    )
-    model: str = Field(
-        "default",
-        description="llm: model id or alias that judges; remote: model name sent to the server.",
-    )
-    path: Path | None = Field(
-        None,
-        description="cross-encoder: a sentence-transformers directory, or a directory with "
-        "model.onnx and tokenizer.json.",
-    )
-    backend: str | None = Field(
-        None, description="remote: a configured backend whose server has /v1/rerank."
-    )
-    max_chars: int = Field(2000, ge=100, le=100_000, description="Passage text sent, at most.")
-    options: dict[str, Any] = Field(
-        default_factory=dict, description="What a plugin's kind of reranker takes besides."
-    )
-
-
-class KnowledgeSettings(_Section):
-    """Knowledge bases: parsing, embedding, jobs."""
-
-    default_embedder: str = Field(
-        "use-m3",
-        description="Embedder of new collections (chosen by measurement: "
-        "multilingual, 104 passages/s; see docs/knowledge.md).",
-    )
-    embed_threads: int = Field(2, ge=1, description="CPU threads an embedder may use.")
-    embed_batch: int = Field(64, ge=1, le=4096, description="Chunks embedded per batch.")
-    max_file_bytes: int = Field(
-        50 * 1024 * 1024, ge=1024, description="Largest file accepted for ingestion."
-    )
-    max_upload_bytes: int = Field(
-        200 * 1024 * 1024,
-        ge=1024,
-        description="Largest upload request (several files) to a collection.",
-    )
-    parse_timeout_seconds: float = Field(
-        120.0, gt=0, description="Time a file may take to parse (OCR included)."
-    )
-    parse_workers: int = Field(2, ge=1, le=32, description="Files parsed at once (processes).")
-    embedders: dict[str, RemoteEmbedderSettings] = Field(
-        default_factory=dict, description="Remote embedders by name."
-    )
-    rerankers: dict[str, RerankerSettings] = Field(
-        default_factory=dict,
-        description='Rerankers by name, in addition to the built-in "llm" (the default model '
-        "judging each passage).",
-    )
-    rag_max_context_tokens: int = Field(
-        3000,
-        ge=100,
-        description="Most passage tokens put in a RAG prompt (the model's "
-        "context window also bounds it).",
-    )
-
-
-class ToolSettings(_Section):
-    """One tool's switches (unset: read-only tools on, others off; execute tools approved)."""
-
-    enabled: bool | None = Field(None, description="Allow the tool (admins decide).")
-    approval: bool | None = Field(None, description="A person approves each call before it runs.")
-    min_role: Literal["viewer", "member", "admin"] | None = Field(
-        None,
-        description="Weakest workspace role that may use it (unset: viewer for read-only "
-        "tools, member for the others).",
-    )
-    workspaces: list[str] = Field(
-        default_factory=list, description="Only in these workspaces, by id (empty: all)."
-    )
-
-
-class ShellSettings(_Section):
-    """The shell and python tools: what the text policy lets through, and their limits."""
-
-    allow: list[str] = Field(
-        default_factory=list,
-        description="Allow-list mode: only these programs (empty: all but the denied ones).",
-    )
-    deny: list[str] = Field(
-        default_factory=list, description="Programs refused besides the built-in list."
-    )
-    runners: list[str] = Field(
-        default_factory=list,
-        description="Programs that run other programs (editors, pagers, compilers, build "
-        "tools, debuggers, package managers…), refused by default, that are allowed here "
-        "(e.g. make, gcc, git hooks stay inside the sandbox).",
-    )
-    network: bool = Field(
-        False,
-        description="Shell commands and Python snippets may reach the network, only through "
-        "the guarded proxy with http_fetch's rules (public addresses and agents.network.allow).",
-    )
-    processes: int = Field(
-        256, ge=8, le=100_000, description="Processes and threads a command may have at once."
-    )
-    timeout_seconds: float = Field(30.0, gt=0, le=3600, description="Wall-clock limit.")
-    cpu_seconds: int = Field(20, ge=1, description="CPU time limit of the command.")
-    memory_mb: int = Field(1024, ge=16, description="Address-space limit of the command.")
-    file_size_mb: int = Field(100, ge=1, description="Largest file the command may write.")
-    output_chars: int = Field(20_000, ge=100, description="Output kept for the agent.")
-
-
-class NetworkToolSettings(_Section):
-    """Tools that reach other machines."""
-
-    allow: list[str] = Field(
-        default_factory=list,
-        description="Hosts or CIDR networks reachable even though private (e.g. an intranet wiki).",
-    )
-    max_bytes: int = Field(2_000_000, ge=1024, description="Largest response read.")
-    timeout_seconds: float = Field(15.0, gt=0, le=300, description="Per request.")
-    max_redirects: int = Field(5, ge=0, le=20, description="Redirects followed.")
-
-
-class SshHostSettings(_Section):
-    """A machine the ssh tool may run commands on."""
-
-    host: str = Field(description="Address or name.")
-    port: int = Field(22, ge=1, le=65535, description="SSH port.")
-    username: str = Field(description="Login name.")
-    key_file: Path = Field(description="Private key file (no passwords are used).")
-    known_hosts: Path = Field(description="known_hosts file the host key must match.")
-    mode: Literal["allow", "deny"] = Field(
-        "allow",
-        description="allow: only read-only commands (a built-in list) and those in "
-        "`commands`; deny: anything the shell policy does not refuse.",
-    )
-    commands: list[str] = Field(
-        default_factory=list,
-        description='More allowed commands, as leading words (e.g. "systemctl restart nginx").',
-    )
-
-
-class McpServerSettings(_Section):
-    """An MCP server whose tools the agent may use, under the same policy as the others."""
-
-    transport: Literal["stdio", "http"] = Field(
-        "stdio", description="stdio: a program started here; http: Streamable HTTP."
-    )
-    command: str | None = Field(None, description="stdio: the program to start.")
-    args: list[str] = Field(default_factory=list, description="stdio: its arguments.")
-    env: dict[str, str] = Field(
-        default_factory=dict,
-        description="stdio: its environment (nothing of the server's own is passed on).",
-    )
-    cwd: Path | None = Field(None, description="stdio: its working directory.")
-    url: str | None = Field(None, description="http: the server's MCP endpoint.")
-    headers: dict[str, str] = Field(
-        default_factory=dict, description="http: headers sent with every request (auth)."
-    )
-    risk: Literal["read", "write", "network", "execute"] = Field(
-        "network",
-        description="Risk level of its tools: decides whether they are on by default and "
-        "need approval (a server's own hints never lower it).",
-    )
-    tools: list[str] = Field(
-        default_factory=list, description="Only these of its tools (empty: all it lists)."
-    )
-    timeout_seconds: float = Field(30.0, gt=0, le=3600, description="Per tool call.")
-
-    @model_validator(mode="after")
-    def _transport_needs(self) -> McpServerSettings:
-        if self.transport == "stdio" and not self.command:
-            raise ValueError("an MCP server over stdio needs a command")
-        if self.transport == "http" and not self.url:
-            raise ValueError("an MCP server over http needs a url")
-        return self
-
-
-class SandboxSettings(_Section):
-    """The operating-system sandbox of tools that run programs (bubblewrap)."""
-
-    enabled: bool = Field(
-        True,
-        description="Tools that run programs need the sandbox; off, they refuse to run "
-        "(never run unconfined).",
-    )
-    bwrap: str = Field("bwrap", description="The bubblewrap program (name or path).")
-    uid: int = Field(
-        65534,
-        ge=1,
-        description="User programs run as when the server runs as root (a dedicated, "
-        "unused uid is best; 65534 is nobody). Otherwise they run as the server's user.",
-    )
-    gid: int = Field(65534, ge=1, description="Group programs run as when the server is root.")
-    tmp_mb: int = Field(64, ge=1, description="Size of the sandbox's own /tmp.")
-
-
-class AgentSettings(_Section):
-    """Agents and their tools."""
-
-    workspace_root: Path | None = Field(
-        None,
-        description="Where each workspace's files live (tools are confined to its "
-        "folder). Default: <data_dir>/workspaces.",
-    )
-    max_iterations: int = Field(15, ge=1, le=100, description="Tool calls per answer, at most.")
-    max_seconds: float = Field(300.0, gt=0, description="Wall-clock budget of one answer.")
-    max_tokens: int = Field(
-        30_000, ge=1000, description="Model tokens (prompt + output) one answer may spend."
-    )
-    step_tokens: int = Field(512, ge=64, le=8192, description="Output tokens of one step.")
-    written_answer: bool = Field(
-        True,
-        description="After tools were used, write the final answer in plain text from "
-        "the whole run (one more, streamed, model call) instead of the one-line draft of "
-        "the JSON step (backends without native tool calling).",
-    )
-    tools: dict[str, ToolSettings] = Field(
-        default_factory=dict, description="Per-tool switches, by tool name."
-    )
-    docker_socket: Path | None = Field(
-        None,
-        description="Docker Engine API socket (e.g. /var/run/docker.sock): enables the "
-        "docker tools (list, inspect, logs; restart needs enabling).",
-    )
-    ssh: dict[str, SshHostSettings] = Field(
-        default_factory=dict, description="Hosts the ssh tool may reach, by name."
-    )
-    shell: ShellSettings = Field(
-        default_factory=ShellSettings,
-        description="The shell and python tools: text policy and limits.",
-    )
-    sandbox: SandboxSettings = Field(
-        default_factory=SandboxSettings,
-        description="The operating-system sandbox of tools that run programs.",
-    )
-    network: NetworkToolSettings = Field(
-        default_factory=NetworkToolSettings, description="Tools that reach other machines."
-    )
-    approvers: Literal["requester", "admin"] = Field(
-        "requester",
-        description="Who may approve a paused tool call: the person who asked (or an "
-        "admin of the workspace), or workspace admins only.",
-    )
-    approval_ttl_seconds: int = Field(
-        86_400, ge=60, description="A pending approval expires after this long."
-    )
-    mcp_servers: dict[str, McpServerSettings] = Field(
-        default_factory=dict,
-        description="MCP servers whose tools join the registry, as <server>__<tool>.",
-    )
-
-    @field_validator("mcp_servers")
-    @classmethod
-    def _server_names(cls, value: dict[str, McpServerSettings]) -> dict[str, McpServerSettings]:
-        for name in value:
-            if not re.fullmatch(r"[a-z][a-z0-9_]{0,30}", name):
-                raise ValueError(
-                    f"MCP server name {name!r}: lower-case letters, digits and _ (≤ 31)"
-                )
-        return value
-
-    mcp_endpoint: bool = Field(
-        True,
-        description="Serve the tools over MCP (Streamable HTTP) at /mcp, for API keys "
-        "with the tools scope.",
-    )
-
-
-class IntentClassifierSettings(_Section):
-    """How ``auto`` picks a mode: an embedding classifier, then a model when unsure."""
-
-    enabled: bool = Field(
-        True, description="Classify requests in mode auto (off: rag with collections, else direct)."
-    )
-    embedder: str | None = Field(
-        None, description="Embedder of the classifier. Default: knowledge.default_embedder."
-    )
-    examples_file: Path | None = Field(
-        None,
-        description='JSON Lines of extra labelled examples ({"text", "intent"}), '
-        "added to the shipped ones.",
-    )
-    shipped_examples: bool = Field(True, description="Use the shipped French/English examples.")
-    neighbours: int = Field(7, ge=1, le=50, description="Nearest examples that vote.")
-    threshold: float = Field(
-        0.6,
-        ge=0,
-        le=1,
-        description="Below this confidence the fallback model decides (when enabled).",
-    )
-    llm_fallback: bool = Field(
-        False,
-        description="Ask a model when the classifier is unsure (off: with the bundled "
-        "1.5B model it did not improve accuracy, see BENCHMARKS.md).",
-    )
-    fallback_model: str = Field("default", description="Model id of the fallback.")
-    search_workspace: bool = Field(
-        True,
-        description="A knowledge question with no collections named searches every "
-        "collection the caller may read, and goes to rag when one holds relevant passages.",
-    )
-
-
-class ReformulationSettings(_Section):
-    """Follow-up questions rewritten as standalone queries before retrieval."""
-
-    enabled: bool = Field(True, description="Rewrite follow-ups with the conversation.")
-    model: str = Field("default", description="Model id that rewrites.")
-    multi_query: int = Field(
-        0, ge=0, le=5, description="Extra phrasings searched too (0: off), fused by rank."
-    )
-    history_turns: int = Field(6, ge=1, le=50, description="Earlier messages shown to it.")
-    max_tokens: int = Field(96, ge=16, le=1024, description="Output tokens of one rewrite.")
-
-
-class ContextSettings(_Section):
-    """How a prompt is built within the model's window: a share of it per part."""
-
-    system_share: float = Field(0.15, gt=0, le=1, description="System prompt, at most.")
-    memory_share: float = Field(0.10, ge=0, le=1, description="Memory notes, at most.")
-    retrieved_share: float = Field(0.45, ge=0, le=1, description="Retrieved passages, at most.")
-    tools_share: float = Field(0.15, ge=0, le=1, description="Tool descriptions, at most.")
-    answer_share: float = Field(
-        0.25, gt=0, lt=1, description="Kept for the answer when max_tokens asks more."
-    )
-    summarise: bool = Field(
-        True, description="Summarise old turns that do not fit (off: they are left out)."
-    )
-    summary_model: str = Field("default", description="Model id that summarises.")
-    summary_tokens: int = Field(256, ge=32, le=4096, description="Length of a summary, at most.")
-
-
-class ConsensusWorker(_Section):
-    """One worker of a consensus profile (seed 002's shape)."""
-
-    model: str = Field(description="Model id or alias.")
-    temperature: float = Field(0.3, ge=0, le=2, description="Sampling temperature.")
-    timeout_seconds: float = Field(120.0, gt=0, description="The worker is dropped after this.")
-    weight: float = Field(1.0, gt=0, description="Vote weight (strategy weighted).")
-    max_tokens: int | None = Field(None, ge=1, description="Answer length; default: the request's.")
-    system_prompt: str | None = Field(None, description="Instructions for this worker only.")
-    name: str | None = Field(None, description="Label in events. Default: model@temperature.")
-
-
-class ConsensusProfile(_Section):
-    """Workers answer in parallel; a strategy turns their answers into one."""
-
-    workers: Annotated[list[ConsensusWorker], Field(min_length=1, max_length=16)] = Field(
-        description="Who answers."
-    )
-    strategy: str = Field(
-        "merger",
-        description="How the answers become one: merger, majority, weighted, best_of, or a "
-        "plugin's (entry-point group concilium.consensus_strategies).",
-    )
-    merger_model: str = Field("default", description="Writes the synthesis (merger).")
-    judge: str = Field(
-        "model",
-        description='best_of: "model" (judge_model picks) or "agreement" (the answer closest '
-        "to the others, no model call).",
-    )
-    judge_model: str = Field("default", description="Model id of the best_of judge.")
-    early_exit: bool = Field(
-        True,
-        description="Stop waiting once enough workers agree (their normalised answers); "
-        "merger and best_of then skip their own model call.",
-    )
-    agreement: float = Field(
-        0.6, gt=0, le=1, description="Share of the workers that must agree for early exit."
-    )
-    min_workers: int = Field(1, ge=1, description="Answers needed; fewer is an error.")
-    max_seconds: float = Field(300.0, gt=0, description="Latency budget of the workers.")
-    max_tokens: int | None = Field(
-        None, ge=1, description="Output tokens all workers may spend; the rest are stopped."
-    )
-    description: str = Field("", description="Shown in /v1/models.")
-
-    @model_validator(mode="after")
-    def _sane(self) -> ConsensusProfile:
-        if self.judge not in ("model", "agreement"):
-            raise ValueError('judge must be "model" or "agreement"')
-        if self.min_workers > len(self.workers):
-            raise ValueError("min_workers is larger than the number of workers")
-        return self
-
-
-def _default_profiles() -> dict[str, ConsensusProfile]:
-    samples = [ConsensusWorker(model="default", temperature=t) for t in (0.2, 0.6, 1.0)]
-    return {
-        "default": ConsensusProfile(
-            workers=samples,
-            description="Three samples of the default model, merged by it.",
-        ),
-        "vote": ConsensusProfile(
-            workers=samples,
-            strategy="majority",
-            description="Three samples of the default model; the most common answer wins.",
-        ),
-    }
-
-
-class OrchestrationSettings(_Section):
-    """Modes, the intent classifier, reformulation, context building and consensus."""
-
-    classifier: IntentClassifierSettings = Field(
-        default_factory=IntentClassifierSettings, description="The auto mode's classifier."
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _former_names(cls, data: Any) -> Any:
-        """``orchestration.router`` was this section's name before ``classifier``."""
-        if isinstance(data, dict) and "router" in data:
-            data = dict(data)
-            former = data.pop("router")
-            if "classifier" in data:
-                raise ValueError("orchestration.router is the former name of classifier: keep one")
-            warnings.warn(
-                "orchestration.router is now orchestration.classifier",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            data["classifier"] = former
-        return data
-
-    reformulation: ReformulationSettings = Field(
-        default_factory=ReformulationSettings, description="Standalone retrieval queries."
-    )
-    context: ContextSettings = Field(
-        default_factory=ContextSettings, description="Prompt building per part."
-    )
-    consensus: dict[str, ConsensusProfile] = Field(
-        default_factory=_default_profiles,
-        description="Consensus profiles by name (model id consensus:<name>).",
-    )
-
-    @field_validator("consensus")
-    @classmethod
-    def _profile_names(cls, value: dict[str, ConsensusProfile]) -> dict[str, ConsensusProfile]:
-        for name in value:
-            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
-                raise ValueError(f"consensus profile name {name!r}: letters, digits, _ . -")
-        return value
-
-    @model_validator(mode="after")
-    def _shares(self) -> OrchestrationSettings:
-        c = self.context
-        if c.system_share + c.memory_share + c.retrieved_share + c.tools_share > 1:
-            raise ValueError("context shares of system, memory, retrieved and tools exceed 1")
-        return self
 
 
 class LoggingSettings(_Section):

@@ -20,10 +20,11 @@ from pydantic import ValidationError
 from concilium.agents.mcp_client import McpConnection, connect_servers
 from concilium.agents.policy import PolicyDenied, ToolPolicy
 from concilium.agents.sandbox import Sandbox
+from concilium.agents.settings import McpServerSettings
 from concilium.agents.tools import Tool, ToolContext, ToolError, ToolRegistry
 from concilium.auth.audit import AuditLog
 from concilium.auth.principal import Principal
-from concilium.config import McpServerSettings, Settings
+from concilium.config import Settings
 from concilium.errors import ConciliumError
 from concilium.store.db import Database
 from concilium.store.models import Membership

@@ -25,8 +25,8 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from pydantic import BaseModel, ConfigDict
 
+from concilium.agents.settings import McpServerSettings
 from concilium.agents.tools import Risk, Tool, ToolContext, ToolError
-from concilium.config import McpServerSettings
 
 __all__ = ["McpConnection", "McpTool", "connect_servers"]
 

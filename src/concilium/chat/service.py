@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import asdict, replace
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -24,19 +23,18 @@ from concilium.auth.principal import OPERATOR, Principal
 from concilium.auth.quotas import Account
 from concilium.auth.workspaces import Workspaces
 from concilium.bus import AnswerCompleted, AnswerStarted, EventBus, LocalBus
+from concilium.chat.generation import Generation, StoredAnswer, error_for, params_record
 from concilium.chat.identity import system_prompt
 from concilium.config import Settings
-from concilium.errors import ConciliumError, Forbidden, InvalidRequest, NotFound
+from concilium.errors import Forbidden, InvalidRequest, NotFound
 from concilium.events import (
-    AnswerRecord,
     Done,
     ErrorEvent,
     Event,
     MessageStarted,
-    Token,
 )
 from concilium.jobs.processes import ProcessRegistry
-from concilium.llm.base import ChatMessage, GenerationParams
+from concilium.llm.base import ChatMessage
 from concilium.observability.metrics import Metrics
 from concilium.orchestrator.engine import (
     RAG_PREFIX,
@@ -60,55 +58,10 @@ from concilium.store.models import (
 
 __all__ = ["ChatService", "Generation", "error_for"]
 
+
 log = structlog.get_logger(__name__)
 _TITLE_CHARS = 80
 _CANCEL_POLL = 0.5  # seconds between looks for cancellations asked by other processes
-
-
-class Generation:
-    """An assistant answer in progress. One subscriber reads its events."""
-
-    def __init__(self, conversation_id: str, message_id: str) -> None:
-        self.conversation_id = conversation_id
-        self.message_id = message_id
-        self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
-        self.task: asyncio.Task[None] | None = None
-        self.stop_reason: str | None = None  # "cancelled" by the user, "shutdown" by the server
-        self.error: ErrorEvent | None = None
-        self.started = False  # the task's body has begun (it can now be cancelled safely)
-        self.saving = False  # past the point where stopping changes anything
-        #: Stored, and the final event sent: the conversation may take its next turn.
-        self.finished = False
-
-    def push(self, event: Event | None) -> None:
-        self._queue.put_nowait(event)
-
-    def cancel(self, reason: str = "cancelled") -> bool:
-        """Stop the answer. Idempotent: a second request does not interrupt the clean-up."""
-        if self.task is None or self.finished or self.saving or self.stop_reason is not None:
-            return False
-        self.stop_reason = reason
-        if self.started:
-            self.task.cancel()
-        # else: a task cancelled before its first step would skip its clean-up entirely;
-        # it sees stop_reason when it starts and stops at once.
-        return True
-
-    async def events(self) -> AsyncGenerator[Event, None]:
-        """The answer's events. Leaving early (client gone) cancels the generation."""
-        finished = False
-        try:
-            while (event := await self._queue.get()) is not None:
-                yield event
-            finished = True
-        finally:
-            if not finished:
-                self.cancel()
-
-    async def wait(self) -> None:
-        """Until the answer is stored. Never raises, even if the task was cancelled."""
-        if self.task is not None:
-            await asyncio.wait({self.task})
 
 
 class ChatService:
@@ -465,7 +418,7 @@ class ChatService:
             status=MessageStatus.GENERATING,
             owner_id=self.process.id,
             model=model,
-            params=_params_record(options.params),
+            params=params_record(options.params),
         )
         generation = Generation(conversation.id, assistant.id)
         generation.push(MessageStarted(conversation.id, user.id, assistant.id, user.parent_id))
@@ -540,7 +493,7 @@ class ChatService:
         prepared: PreparedAnswer,
         steps: list[dict[str, Any]] | None = None,
     ) -> None:
-        record = _AnswerRecord(steps)
+        record = StoredAnswer(steps)
         # The final event is held back until the answer is stored: a client that sends
         # its next message on "done" must find this answer in the history.
         final: Done | ErrorEvent | None = None
@@ -591,70 +544,3 @@ class ChatService:
     async def _save(self, message_id: str, fields: dict[str, Any]) -> None:
         async with self.db.session() as s:
             await repo.update_message(s, message_id, **fields)
-
-
-class _AnswerRecord:
-    """What a generation produced (the events' own ``AnswerRecord``), with its timing,
-    turned into the stored message's fields."""
-
-    def __init__(self, steps: list[dict[str, Any]] | None = None) -> None:
-        #: Steps stored before (an agent run resumed after approval), then this run's.
-        self.stored_steps: list[dict[str, Any]] = list(steps or [])
-        self.resumed = steps is not None
-        self.started = time.perf_counter()
-        self.ttft: float | None = None
-        self.answer = AnswerRecord()
-
-    @property
-    def error(self) -> ErrorEvent | None:
-        return self.answer.error
-
-    def observe(self, event: Event) -> None:
-        if isinstance(event, Token) and self.ttft is None:
-            self.ttft = time.perf_counter() - self.started
-        self.answer.observe(event)
-
-    def fields(self, final: Done | ErrorEvent | None, stop_reason: str | None) -> dict[str, Any]:
-        answer = self.answer
-        content = answer.text
-        if isinstance(final, Done) and final.finish_reason == "cancelled":
-            cancelled_by_user = stop_reason == "cancelled"
-            status = MessageStatus.CANCELLED if cancelled_by_user else MessageStatus.INCOMPLETE
-            finish: str | None = "cancelled"
-        elif isinstance(final, Done) and answer.error is None:
-            status, finish = MessageStatus.COMPLETE, final.finish_reason
-        else:
-            status = MessageStatus.INCOMPLETE if content else MessageStatus.ERROR
-            finish = "error"
-        fields: dict[str, Any] = {
-            "content": content,
-            "status": status,
-            "finish_reason": finish,
-            "latency_ms": int((time.perf_counter() - self.started) * 1000),
-            "ttft_ms": None if self.ttft is None else int(self.ttft * 1000),
-            "error": answer.error.message if answer.error else None,
-        }
-        if answer.backend is not None:
-            fields["backend"] = answer.backend.backend
-            fields["model"] = answer.backend.backend_model
-        if answer.usage is not None:
-            fields["prompt_tokens"] = answer.usage.prompt_tokens
-            fields["completion_tokens"] = answer.usage.completion_tokens
-        steps = [*self.stored_steps, *answer.all_steps()]
-        if steps or self.resumed:
-            fields["steps"] = steps
-        if answer.sources is not None:
-            cited = set(answer.cited)
-            fields["sources"] = [
-                {**source, "cited": source.get("n") in cited} for source in answer.sources.sources
-            ]
-        return fields
-
-
-def _params_record(params: GenerationParams) -> dict[str, Any]:
-    return {k: v for k, v in asdict(params).items() if v not in (None, (), [])}
-
-
-def error_for(event: ErrorEvent) -> ConciliumError:
-    """The exception matching an error event, to answer a non-streamed request."""
-    return errors.error_class(event.code)(event.message)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,7 +12,14 @@ from rich.console import Console
 
 from concilium.config import Settings, load_settings
 
-__all__ = ["ConfigOption", "err", "quiet_logs", "settings_for"]
+__all__ = [
+    "ConfigOption",
+    "err",
+    "quiet_logs",
+    "running_server",
+    "server_marker",
+    "settings_for",
+]
 
 err = Console(stderr=True)
 ConfigOption = Annotated[
@@ -33,3 +42,18 @@ def quiet_logs(settings: Settings) -> None:
 
     configure_logging(LoggingSettings(level="ERROR", format="console"))
     del settings
+
+
+def server_marker(settings: Settings) -> Path:
+    """Written by `concilium serve` while it runs: where it answers, for the other commands."""
+    return settings.data_dir / "server.json"
+
+
+def running_server(settings: Settings) -> str | None:
+    """The URL of a `concilium serve` running on this data dir, if one is."""
+    try:
+        marker = json.loads(server_marker(settings).read_text())
+        os.kill(int(marker["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return str(marker["url"])

@@ -23,9 +23,10 @@ import aiohttp
 import numpy as np
 import structlog
 
-from concilium.config import RerankerSettings, Settings
+from concilium.config import Settings
 from concilium.errors import BackendUnavailable, InvalidRequest
 from concilium.events import Token
+from concilium.knowledge.settings import RerankerSettings
 from concilium.llm.base import ChatMessage, GenerationParams, ResponseFormat
 from concilium.llm.router import Router
 from concilium.plugins import PluginError, load

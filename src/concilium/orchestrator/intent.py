@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 import structlog
 
-from concilium.config import IntentClassifierSettings
 from concilium.errors import ConciliumError, InvalidRequest
 from concilium.events import Token
 from concilium.llm.base import ChatMessage, GenerationParams, ResponseFormat
 from concilium.llm.router import Router
+from concilium.orchestrator.settings import IntentClassifierSettings
 
 __all__ = [
     "INTENTS",

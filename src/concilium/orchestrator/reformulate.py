@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 import structlog
 
-from concilium.config import ReformulationSettings
 from concilium.errors import ConciliumError, InvalidRequest
 from concilium.events import Token
 from concilium.knowledge.language import detect_language
 from concilium.llm.base import ChatMessage, GenerationParams, ResponseFormat
 from concilium.llm.router import Router
+from concilium.orchestrator.settings import ReformulationSettings
 
 __all__ = ["Reformulation", "Reformulator", "last_question", "with_previous"]
 
