@@ -397,16 +397,12 @@ async def _with_tools(
     completion = _Completion(body.model)
 
     async def collect() -> tuple[str, Usage | None]:
-        parts: list[str] = []
-        usage: Usage | None = None
+        record = AnswerRecord()
         async for event in orchestrator.stream(prepared):
-            if isinstance(event, Token):
-                parts.append(event.text)
-            elif isinstance(event, Usage):
-                usage = event
-            elif isinstance(event, ErrorEvent):
+            record.observe(event)
+            if isinstance(event, ErrorEvent):
                 raise error_for(event)
-        return "".join(parts), usage
+        return record.text, record.usage
 
     # The whole reply is needed to know whether it calls tools: streamed clients get it
     # as deltas once it is parsed.
