@@ -319,13 +319,16 @@ class Done:
 
     @property
     def extra(self) -> dict[str, Any]:
-        """The fields set, JSON-ready; a grounded answer always says what it cited."""
+        """The fields set, JSON-ready."""
         data: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             if f.name == "finish_reason":
                 continue
             value = getattr(self, f.name)
-            always = self.grounded and f.name in ("cited", "citations")
+            # A grounded answer always says what it cited, an agent's which tools it used.
+            always = (self.grounded and f.name in ("cited", "citations")) or (
+                self.steps is not None and f.name == "tools"
+            )
             if value == f.default and not always:
                 continue
             if isinstance(value, ConsensusSummary):

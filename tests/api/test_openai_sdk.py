@@ -31,7 +31,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterat
         logging={"level": "WARNING"},
         auth={"argon2_time_cost": 1, "argon2_memory_kib": 8192},
         limits={"ip_per_minute": 0, "user_per_minute": 0, "key_per_minute": 0},
-        orchestration={"router": {"enabled": False}},  # the protocol, not the routing
+        orchestration={"classifier": {"enabled": False}},  # the protocol, not the mode choice
     )
     services = Services.build(settings)
     with serve_app(create_app(settings, services)) as running:
