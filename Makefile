@@ -63,7 +63,7 @@ test-deps:
 # The acceptance test of grounded answers runs the default model.
 test: install test-deps $(VENV)/.test-model services
 	$(BIN)/concilium models pull $(DEFAULT_MODEL) --models-dir $(MODELS_DIR)
-	CONCILIUM_TEST_MODELS_DIR=$(MODELS_DIR) $(BIN)/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	CONCILIUM_TEST_MODELS_DIR=$(MODELS_DIR) $(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

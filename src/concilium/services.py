@@ -188,8 +188,11 @@ class Services:
             )
 
     async def stop(self) -> None:
-        await self.scheduler.stop()
-        await self.worker.stop()
+        # The tick or the short jobs in progress end (a database call cut short loses its
+        # work and its connection's reset); longer jobs go back to the queue.
+        grace = min(5.0, self.settings.server.graceful_shutdown_seconds)
+        await self.scheduler.stop(grace)
+        await self.worker.stop(grace)
         await self.chat.shutdown(self.settings.server.graceful_shutdown_seconds)
         await self.knowledge.stop()
         await self.bus.close()

@@ -16,6 +16,8 @@ import pytest
 from concilium.llm import catalog
 from tests.conftest import MODELS_DIR
 
+pytestmark = pytest.mark.model
+
 MODEL = "qwen2.5-coder-1.5b"
 TASK = "how much disk is free in the workspace and which file is largest?"
 

@@ -416,3 +416,25 @@ async def _registered(database: Database, process_id: str) -> bool:
 
     async with database.reader() as s:
         return await s.get(ProcessRecord, process_id) is not None
+
+
+async def test_a_worker_stopping_with_a_grace_lets_a_short_job_end(queue: DatabaseQueue) -> None:
+    """The server stops its worker with a grace period: a job that ends within it is done,
+    not cut off in the middle of a database call (and handed back)."""
+    started = asyncio.Event()
+
+    async def short(context: JobContext) -> None:
+        started.set()
+        await asyncio.sleep(0.3)
+        context.report(finished=True)
+
+    worker = Worker(queue, "w", {"short": short}, lease=5, poll=0.05)
+    job = await queue.enqueue("short")
+    assert job is not None
+    worker.start()
+    await asyncio.wait_for(started.wait(), 10)
+    await worker.stop(grace=5)
+    done = await queue.get(job.id)
+    assert done is not None
+    assert done.status == JobStatus.DONE
+    assert done.progress == {"finished": True}

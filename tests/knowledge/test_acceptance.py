@@ -19,6 +19,8 @@ from concilium.llm import catalog
 from tests.conftest import MODELS_DIR
 from tests.support.documents import write_mixed_folder
 
+pytestmark = pytest.mark.model
+
 MODEL = "qwen2.5-coder-1.5b"
 
 

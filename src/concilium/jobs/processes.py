@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 import structlog
 from sqlalchemy import delete, select, update
 
+from concilium.jobs.loops import Pauses
 from concilium.store.db import Database
 from concilium.store.models import ProcessRecord, new_id, utcnow
 
@@ -42,11 +43,13 @@ class ProcessRegistry:
         self.expiry = expiry
         self.id = new_id()
         self._task: asyncio.Task[None] | None = None
+        self._pauses = Pauses()
 
     async def start(self) -> None:
         if self._task is not None:
             return
         await self._register()
+        self._pauses.reset()
         self._task = asyncio.get_running_loop().create_task(self._beat(), name="heartbeat")
 
     async def _register(self) -> None:
@@ -55,17 +58,14 @@ class ProcessRegistry:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._pauses.stop([self._task], grace=5.0)
             self._task = None
         with contextlib.suppress(Exception):  # a database already gone: expiry does it
             async with self.db.session() as s:
                 await s.execute(delete(ProcessRecord).where(ProcessRecord.id == self.id))
 
     async def _beat(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
+        while await self._pauses.sleep(self.interval):
             try:
                 async with self.db.session() as s:
                     beat = await s.execute(

@@ -11,7 +11,6 @@ A tick missed while no scheduler ran is not made up; the next one comes on time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -21,6 +20,7 @@ import structlog
 from sqlalchemy import or_, update
 from sqlalchemy.exc import IntegrityError
 
+from concilium.jobs.loops import Pauses
 from concilium.jobs.queue import JobQueue
 from concilium.store.db import Database
 from concilium.store.models import LeaseRecord, utcnow
@@ -83,19 +83,20 @@ class Scheduler:
         self.schedules = list(schedules or [])
         self.lease = lease
         self._task: asyncio.Task[None] | None = None
+        self._pauses = Pauses()
 
     def add(self, schedule: Schedule) -> None:
         self.schedules.append(schedule)
 
     def start(self) -> None:
         if self._task is None and self.schedules:
+            self._pauses.reset()
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="scheduler")
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop after the tick in progress, if any (cancelled after ``grace`` seconds)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._pauses.stop([self._task], grace)
             self._task = None
 
     async def tick(self) -> int:
@@ -120,11 +121,11 @@ class Scheduler:
         return max(0.05, min(nearest, self.lease / 3))
 
     async def _loop(self) -> None:
-        while True:
+        while not self._pauses.stopping:
             try:
                 await self.tick()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("scheduler_tick_failed", owner=self.owner)
-            await asyncio.sleep(self._sleep())
+            await self._pauses.sleep(self._sleep())

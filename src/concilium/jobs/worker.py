@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 
 from concilium.bus import EventBus, JobDone, JobFailed, JobProgressed, LocalBus
+from concilium.jobs.loops import Pauses
 from concilium.jobs.queue import Job, JobQueue, JobStatus
 
 __all__ = ["Handler", "JobContext", "Worker"]
@@ -58,6 +59,7 @@ class Worker:
         self.concurrency = concurrency
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._pauses = Pauses()
 
     async def _watch(self, job: Job, context: JobContext, task: asyncio.Task[None]) -> str | None:
         """Renew the lease while the handler runs: None when it ended by itself, "cancel"
@@ -97,26 +99,25 @@ class Worker:
 
     def start(self) -> None:
         if not self._tasks and self.handlers:
+            self._pauses.reset()
             loop = asyncio.get_running_loop()
             self._tasks = [
                 loop.create_task(self._loop(), name=f"worker-{i}") for i in range(self.concurrency)
             ]
 
-    async def stop(self) -> None:
-        """Running jobs are stopped and handed back to the queue at once (not after their
-        lease): another worker, or this one's next start, resumes them."""
+    async def stop(self, grace: float = 0.0) -> None:
+        """No more claims. Jobs still running after ``grace`` seconds are stopped and handed
+        back to the queue at once (not after their lease): another worker, or this one's
+        next start, resumes them."""
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        self._wake.set()
+        await self._pauses.stop(tasks, grace)
 
     def notify(self) -> None:
         self._wake.set()
 
     async def _loop(self) -> None:
-        while True:
+        while not self._pauses.stopping:
             try:
                 ran = await self.run_one()
             except asyncio.CancelledError:
@@ -124,7 +125,7 @@ class Worker:
             except Exception:
                 log.exception("worker_claim_failed", owner=self.owner)
                 ran = False
-            if not ran:
+            if not ran and not self._pauses.stopping:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.poll):
