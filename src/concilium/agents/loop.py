@@ -96,6 +96,8 @@ class AgentRun:
 
 
 class AgentLoop:
+    """Runs agent runs: ``start`` a new one, or ``resume`` one a person decided on."""
+
     def __init__(
         self,
         settings: Settings,
