@@ -505,3 +505,24 @@ async def test_a_native_run_pauses_and_resumes_with_tool_messages(
     answers = {m["tool_call_id"]: m["content"] for m in sent if m["role"] == "tool"}
     assert answers["call_s"] == "[ok] exit code 0\nhi\n"
     assert answers["call_t"].startswith("[skipped]")
+
+
+async def test_the_step_limit_asked_for_holds_across_an_approval(
+    make_settings: SettingsFactory, fake_openai: tuple[FakeOpenAI, str]
+) -> None:
+    """A run asked for at most 2 steps pauses at its first (a shell call waits for a
+    person); resumed through the approvals service, it stops at 2, not the settings' 4."""
+    fake, url = fake_openai
+    settings = _settings(make_settings, url, max_iterations=4, tools={"shell": {"enabled": True}})
+    fake.push(_step("shell", arguments={"command": "echo hi"}))
+    fake.default = _step("calculator", arguments={"expression": "1 + 1"})
+    async with running_services(settings) as services:
+        options = AnswerOptions(mode="agent", agent=AgentOptions(max_steps=2))
+        request = AnswerRequest([ChatMessage("user", "loop after the shell")], options)
+        events = [e async for e in services.orchestrator.answer(request)]
+        paused = next(e for e in events if isinstance(e, ApprovalRequired))
+        resumed, resumption = await services.approvals.decided(paused.id, OPERATOR, approve=True)
+        assert resumed.options.agent.max_steps is None  # the stored run remembers it
+        prepared = await services.orchestrator.prepare(resumed, context=resumption)
+        rest = [e async for e in services.orchestrator.stream(prepared)]
+    assert rest[-1] == Done("length", steps=2, tools=("shell", "calculator"))

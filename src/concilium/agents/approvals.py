@@ -42,6 +42,8 @@ class RunState:
     seen: list[str] = field(default_factory=list)
     #: Every call made, in order: tool, arguments (JSON), status and output (cut).
     results: list[dict[str, str]] = field(default_factory=list)
+    #: The step limit the request asked for (None: the settings'), kept across a pause.
+    max_steps: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -54,6 +56,7 @@ class RunState:
             "used": self.used,
             "seen": self.seen,
             "results": self.results,
+            "max_steps": self.max_steps,
         }
 
     @classmethod
@@ -68,6 +71,7 @@ class RunState:
             used=list(data["used"]),
             seen=list(data.get("seen", [])),
             results=[dict(r) for r in data.get("results", [])],
+            max_steps=data.get("max_steps"),
         )
 
 

@@ -135,7 +135,7 @@ class AgentLoop:
                 self.settings.agents.step_tokens,
             )
             messages = built.messages
-        state = RunState(messages, native=native)
+        state = RunState(messages, native=native, max_steps=run.max_steps)
         async for event in self._loop(run, state, context, first=True):
             yield event
 
@@ -193,7 +193,8 @@ class AgentLoop:
                 response_format=ResponseFormat("json_schema", step_schema(available), "agent_step"),
             )
         started = time.monotonic() - state.seconds
-        max_steps = min(limits.max_iterations, run.max_steps or limits.max_iterations)
+        asked = state.max_steps or run.max_steps
+        max_steps = min(limits.max_iterations, asked or limits.max_iterations)
         while state.steps_done < max_steps:
             step_number = state.steps_done + 1
             spent = ""
