@@ -56,9 +56,10 @@ SYSTEM_PACKAGES := tesseract-ocr tesseract-ocr-eng tesseract-ocr-fra bubblewrap
 system-deps:
 	@scripts/debian-packages.sh optional "OCR and the tool sandbox" $(SYSTEM_PACKAGES)
 
-# The tests need all of it, and an OpenSSH server (the ssh tool's test starts its own).
+# The tests need all of it, an OpenSSH server (the ssh tool's test starts its own) and
+# Debian's chromium (the web page's tests drive it; no browser is downloaded).
 test-deps:
-	@scripts/debian-packages.sh required "the test-suite" $(SYSTEM_PACKAGES) openssh-server
+	@scripts/debian-packages.sh required "the test-suite" $(SYSTEM_PACKAGES) openssh-server chromium
 
 # The acceptance test of grounded answers runs the default model.
 test: install test-deps $(VENV)/.test-model services

@@ -105,6 +105,21 @@ class ServerSettings(_Section):
     public_metrics: bool = Field(
         False, description="Serve /metrics without authentication (for a private scraper)."
     )
+    url: str | None = Field(
+        None,
+        pattern=r"^https?://[^/\s]+(/[^\s]*)?$",
+        description="The address people open (behind a proxy: its https address). Default: "
+        "http://<host>:<port>, with 127.0.0.1 for a wildcard host.",
+    )
+
+    def public_url(self) -> str:
+        """Where the web page is, as printed for people to open (no trailing slash)."""
+        if self.url:
+            return self.url.rstrip("/")
+        wildcard = self.host in ("0.0.0.0", "::", "")  # noqa: S104 - compared, not bound
+        host = "127.0.0.1" if wildcard else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
 
 
 class DatabaseSettings(_Section):

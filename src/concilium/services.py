@@ -182,8 +182,10 @@ class Services:
             log.warning(
                 "setup_required",
                 setup_token=token,
-                how="POST /api/auth/setup with this token, a username and a password, "
-                "or run `concilium users create --admin`; the token works once",
+                open=f"{self.settings.server.public_url()}/#/setup?token={token}",
+                how="open that address to create the first administrator (or POST "
+                "/api/auth/setup with this token, a username and a password, or run "
+                "`concilium users create --admin`); the token works once",
                 valid_minutes=self.settings.auth.setup_token_minutes,
             )
 

@@ -353,3 +353,84 @@ def test_answers_use_the_conversation_model_unless_the_turn_names_one(
         _post(live, conv["id"], "b", model="one/m")
         assert (one.calls, two.calls) == (1, 1)
         assert live.http.post("/api/conversations", json={"model": "nope"}).status_code == 404
+
+
+def _search(client: httpx.Client, q: str, **params: Any) -> dict[str, Any]:
+    response = client.get("/api/conversations", params={"q": q, **params})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _titles(page: dict[str, Any]) -> list[str]:
+    return [c["title"] for c in page["items"]]
+
+
+def test_search_finds_titles_and_message_contents_ignoring_case(
+    fake_live: tuple[Live, FakeOpenAI],
+) -> None:
+    live, _ = fake_live
+    _new(live, title="Trip to Lisbon")
+    holidays = _new(live, title="Holidays")
+    _post(live, holidays["id"], "Any cheap FLIGHTS to Porto in May?")
+    _new(live, title="Unrelated")
+
+    by_title = _search(live.http, "lisbon")
+    assert (_titles(by_title), by_title["total"]) == (["Trip to Lisbon"], 1)
+    assert by_title["items"][0]["snippet"] is None
+
+    by_message = _search(live.http, "flights porto")
+    assert (_titles(by_message), by_message["total"]) == (["Holidays"], 1)
+    assert by_message["items"][0]["snippet"] == "Any cheap FLIGHTS to Porto in May?"
+    assert _titles(_search(live.http, "  LISBON ")) == ["Trip to Lisbon"]
+    assert _titles(_search(live.http, "lisbon porto")) == []  # every word, in one text
+    # The answers are searched too; without q, no snippets.
+    assert _titles(_search(live.http, "fake server")) == ["Holidays"]
+    assert live.http.get("/api/conversations").json()["items"][0]["snippet"] is None
+
+
+def test_search_matches_percent_and_underscore_literally(
+    fake_live: tuple[Live, FakeOpenAI],
+) -> None:
+    live, _ = fake_live
+    for title in ("100% done", "1000 done", "snake_case", "snakeXcase"):
+        _new(live, title=title)
+    assert _titles(_search(live.http, "100%")) == ["100% done"]
+    assert _titles(_search(live.http, "%")) == ["100% done"]
+    assert _titles(_search(live.http, "snake_case")) == ["snake_case"]
+    assert _titles(_search(live.http, "e_c")) == ["snake_case"]
+
+
+def test_search_never_returns_another_user_s_conversations(
+    fake_live: tuple[Live, FakeOpenAI],
+) -> None:
+    live, _ = fake_live
+    _, bob = live.user()
+    bobs = bob.post("/api/conversations", json={"title": "Secret plans"}).json()
+    _post(live, _new(live, title="Admin notes")["id"], "nothing secret")
+
+    assert _titles(_search(live.http, "secret")) == ["Admin notes"]
+    assert _titles(_search(live.http, "plans")) == []
+    found = _search(bob, "secret")
+    assert ([c["id"] for c in found["items"]], found["total"]) == ([bobs["id"]], 1)
+
+
+def test_blank_or_too_long_search_is_a_problem(fake_live: tuple[Live, FakeOpenAI]) -> None:
+    live, _ = fake_live
+    for q in ("", "   ", "x" * 201, "a\x00b"):
+        response = live.http.get("/api/conversations", params={"q": q})
+        assert response.status_code == 422, (q, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+    assert live.http.get("/api/conversations", params={"q": "x" * 200}).status_code == 200
+
+
+def test_search_total_counts_every_match_beyond_the_page(
+    fake_live: tuple[Live, FakeOpenAI],
+) -> None:
+    live, _ = fake_live
+    budgets = [_new(live, title=f"Budget {year}") for year in (2023, 2024, 2025)]
+    _new(live, title="Groceries")
+    page = _search(live.http, "budget", limit=2)
+    assert page["total"] == 3
+    assert [c["id"] for c in page["items"]] == [budgets[2]["id"], budgets[1]["id"]]
+    rest = _search(live.http, "budget", limit=2, offset=2)
+    assert ([c["id"] for c in rest["items"]], rest["total"]) == ([budgets[0]["id"]], 3)

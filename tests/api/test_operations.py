@@ -32,7 +32,7 @@ def test_the_server_address_answers_and_every_link_it_gives_exists(
     live, _ = fake_live
     index = live.anonymous.get("/")
     assert index.status_code == 200
-    assert "no web page yet" in index.json()["message"]
+    assert "web page" in index.json()["message"]
     for path in index.json()["links"].values():
         method = "POST" if path.startswith("/api/auth") else "GET"
         answer = live.http.request(method, path, json={} if method == "POST" else None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -16,7 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from concilium.store.migrate import head_revision
+from concilium.config import Settings
+from concilium.store import conversations as repo
+from concilium.store.db import Database
+from concilium.store.migrate import head_revision, upgrade
 from tests.conftest import MODELS_DIR, TEST_MODEL
 from tests.support.fake_llm_servers import Behaviour, FakeOpenAI
 
@@ -386,3 +390,34 @@ def test_conversations_of_concilium_chat_are_listed_for_resuming(env: dict[str, 
     listed = run(env, "conversations", "list")
     assert listed.returncode == 0, listed.stderr
     assert made[0] in listed.stdout
+
+
+def test_conversations_list_searches_titles_and_messages(env: dict[str, str]) -> None:
+    async def seed() -> None:
+        database = Database(Settings(data_dir=Path(env["CONCILIUM_DATA_DIR"])).database_url)
+        database.prepare()
+        try:
+            await upgrade(database)
+            async with database.session() as s:
+                await repo.create_conversation(
+                    s, title="Trip to Lisbon", model=None, system_prompt=None
+                )
+                other = await repo.create_conversation(
+                    s, title="Groceries", model=None, system_prompt=None
+                )
+                await repo.add_message(
+                    s, other, role="user", content="buy LISBON custard tarts", parent_id=None
+                )
+                await repo.create_conversation(s, title="Unrelated", model=None, system_prompt=None)
+        finally:
+            await database.dispose()
+
+    asyncio.run(seed())
+    listed = run(env, "conversations", "list", "--search", "lisbon")
+    assert listed.returncode == 0, listed.stderr
+    assert "Trip to Lisbon" in listed.stdout
+    assert "buy LISBON custard tarts" in listed.stdout
+    assert "Unrelated" not in listed.stdout
+    blank = run(env, "conversations", "list", "--search", "  ")
+    assert blank.returncode == 1
+    assert "must not be blank" in blank.stderr

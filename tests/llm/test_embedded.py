@@ -131,6 +131,26 @@ async def test_closing_the_stream_stops_the_generation(services: Services) -> No
     assert isinstance(after[-1], Done)
 
 
+async def test_loaded_models_are_told_by_the_engine_even_while_it_generates(
+    services: Services,
+) -> None:
+    backend = services.backends["local"]
+    assert isinstance(backend, EmbeddedBackend)
+    assert await backend.loaded_models() == []
+    assert backend.engine_starts == 0  # asking does not start the engine
+    request = AnswerRequest(
+        COUNT,
+        AnswerOptions(model="smollm2-135m", params=GenerationParams(temperature=0, max_tokens=400)),
+    )
+    stream = services.orchestrator.answer(request)
+    async for event in stream:
+        if isinstance(event, Token):
+            assert await backend.loaded_models() == ["smollm2-135m"]
+            break
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert await backend.loaded_models() == ["smollm2-135m"]
+
+
 async def test_concurrent_requests_are_queued_not_mixed(services: Services) -> None:
     asks = [[ChatMessage("user", f"Say the word {w}.")] for w in ("apple", "river", "cloud")]
     solo = [_text(await _answer(services, a, temperature=0, max_tokens=12)) for a in asks]

@@ -16,6 +16,7 @@ PUBLIC = {
     ("GET", "/"),
     ("GET", "/health/live"),
     ("GET", "/health/ready"),
+    ("GET", "/api/auth/setup"),
     ("POST", "/api/auth/setup"),
     ("POST", "/api/auth/login"),
     ("POST", "/api/auth/refresh"),
@@ -189,6 +190,7 @@ def test_another_user_reaches_nothing_of_alices(world: dict[str, Any]) -> None:
 def test_lists_show_only_the_callers_own_things(world: dict[str, Any]) -> None:
     bob = world["bob_session"]
     assert bob.get("/api/conversations").json()["total"] == 0
+    assert bob.get("/api/conversations", params={"q": "secret"}).json()["total"] == 0
     assert {w["id"] for w in bob.get("/api/workspaces").json()}.isdisjoint(
         {world["ids"]["workspace_id"], world["alice_personal"]}
     )

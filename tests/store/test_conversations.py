@@ -1,14 +1,15 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from concilium.errors import NotFound
 from concilium.store import conversations as repo
 from concilium.store.db import Database
-from concilium.store.models import DEFAULT_TITLE, Message, MessageStatus
+from concilium.store.models import DEFAULT_TITLE, Conversation, Message, MessageStatus, utcnow
 
 
 async def test_conversation_lifecycle_create_list_rename_delete(database: Database) -> None:
@@ -173,3 +174,32 @@ async def test_get_message_is_scoped_to_its_conversation(database: Database) -> 
     async with database.session() as s:
         with pytest.raises(NotFound):
             await repo.get_message(s, two.id, m.id)
+
+
+async def test_active_conversations_are_those_with_a_recent_message(database: Database) -> None:
+    async with database.session() as s:
+        recent = await repo.create_conversation(s, title="recent", model=None, system_prompt=None)
+        await repo.add_message(s, recent, role="user", content="q", parent_id=None)
+        old = await repo.create_conversation(s, title="old", model=None, system_prompt=None)
+        await repo.add_message(s, old, role="user", content="q", parent_id=None)
+        renamed = await repo.create_conversation(s, title="x", model=None, system_prompt=None)
+        await repo.add_message(s, renamed, role="user", content="q", parent_id=None)
+        await repo.create_conversation(s, title="empty", model=None, system_prompt=None)
+    hour_ago = utcnow() - timedelta(hours=1)
+    async with database.session() as s:
+        for conversation in (old, renamed):
+            await s.execute(
+                update(Message)
+                .where(Message.conversation_id == conversation.id)
+                .values(created_at=hour_ago)
+            )
+        await s.execute(
+            update(Conversation).where(Conversation.id == old.id).values(updated_at=hour_ago)
+        )
+    # Renamed just now: updated, but no recent message.
+    async with database.session() as s:
+        (await repo.get_conversation(s, renamed.id)).title = "renamed"
+    since = utcnow() - timedelta(minutes=15)
+    async with database.reader() as s:
+        assert await repo.count_active_conversations(s, since) == 1
+        assert await repo.count_active_conversations(s, hour_ago - timedelta(seconds=1)) == 3

@@ -14,6 +14,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from concilium import __version__
 from concilium.agents.mcp_server import McpEndpoint
+from concilium.api import web
 from concilium.api.deps import authenticate
 from concilium.api.middleware import EdgeMiddleware
 from concilium.api.problems import concilium_error_response, install_error_handlers
@@ -26,6 +27,7 @@ from concilium.api.routes import (
     knowledge,
     models,
     openai,
+    stats,
     tools,
     workspaces,
     ws,
@@ -65,6 +67,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         openapi_url=None,
     )
     app.state.services = services
+    app.state.web = web.WebAssets()
     install_error_handlers(app)
     for module in (
         health,
@@ -77,7 +80,9 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         models,
         openai,
         admin,
+        stats,
         ws,
+        web,
     ):
         app.include_router(module.router)
     if mcp is not None:

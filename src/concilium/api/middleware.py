@@ -30,6 +30,9 @@ _UPLOAD_PATH = re.compile(
 )
 
 
+_UNLIMITED = ("/health/", "/assets/")
+
+
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key == name:
@@ -43,9 +46,10 @@ def _route_label(scope: Scope) -> str:
     return path if isinstance(path, str) else "unmatched"
 
 
+_CSP = b"content-security-policy"
 _SECURITY_HEADERS = [
     (
-        b"content-security-policy",
+        _CSP,
         b"default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
     ),
     (b"x-frame-options", b"DENY"),
@@ -87,7 +91,8 @@ class EdgeMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
-            if not str(scope.get("path", "")).startswith("/health/"):
+            # Health checks and the page's static files do not spend the address's budget.
+            if not str(scope.get("path", "")).startswith(_UNLIMITED):
                 client = scope.get("client")
                 wait = await self.limiter.hit(
                     "ip", client[0] if client else "?", self.ip_per_minute
@@ -141,7 +146,10 @@ class EdgeMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), *extra]
+                headers = list(message.get("headers", ()))
+                # The web page sets its own policy (scripts from this origin).
+                own = {k.lower() for k, _ in headers} & {_CSP}
+                message["headers"] = [*headers, *(h for h in extra if h[0] not in own)]
             await send(message)
 
         try:
@@ -152,6 +160,7 @@ class EdgeMiddleware:
             method = scope.get("method", "")
             self.metrics.http_requests.labels(method=method, route=route, status=str(status)).inc()
             self.metrics.http_latency.labels(method=method, route=route).observe(elapsed)
+            self.metrics.observe_request(route, elapsed)
             if route != "/metrics":
                 log.info(
                     "http_request",

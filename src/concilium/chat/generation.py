@@ -118,6 +118,8 @@ class StoredAnswer:
             fields["prompt_tokens"] = answer.usage.prompt_tokens
             fields["completion_tokens"] = answer.usage.completion_tokens
         steps = [*self.stored_steps, *answer.all_steps()]
+        if answer.consensus is not None:  # which answer won, and by how much
+            steps.append({"type": "consensus", **answer.consensus.to_dict()})
         if steps or self.resumed:
             fields["steps"] = steps
         if answer.sources is not None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import replace
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
@@ -25,6 +25,7 @@ from concilium.auth.workspaces import Workspaces
 from concilium.bus import AnswerCompleted, AnswerStarted, EventBus, LocalBus
 from concilium.chat.generation import Generation, StoredAnswer, error_for, params_record
 from concilium.chat.identity import system_prompt
+from concilium.chat.search import excerpt, query_words
 from concilium.config import Settings
 from concilium.errors import Forbidden, InvalidRequest, NotFound
 from concilium.events import (
@@ -56,12 +57,22 @@ from concilium.store.models import (
     new_id,
 )
 
-__all__ = ["ChatService", "Generation", "error_for"]
+__all__ = ["ChatService", "ConversationList", "Generation", "error_for"]
 
 
 log = structlog.get_logger(__name__)
 _TITLE_CHARS = 80
 _CANCEL_POLL = 0.5  # seconds between looks for cancellations asked by other processes
+
+
+@dataclass(frozen=True)
+class ConversationList:
+    """A page of conversations, the number of all those listed, and with a search, an
+    excerpt of each one's first matching message (by conversation id)."""
+
+    conversations: Sequence[Conversation]
+    total: int
+    snippets: Mapping[str, str] = field(default_factory=dict)
 
 
 class ChatService:
@@ -146,16 +157,31 @@ class ChatService:
             )
 
     async def list_conversations(
-        self, owner: Account | None, *, limit: int, offset: int, workspace_id: str | None = None
-    ) -> tuple[Sequence[Conversation], int]:
+        self,
+        owner: Account | None,
+        *,
+        limit: int,
+        offset: int,
+        workspace_id: str | None = None,
+        search: str | None = None,
+    ) -> ConversationList:
+        """Most recently active first; with ``search``, those whose title or one of whose
+        messages contains all its words (ignoring case), with an excerpt of that message."""
+        words = query_words(search) if search is not None else []
         async with self.db.reader() as s:
-            return await repo.list_conversations(
+            found, total = await repo.list_conversations(
                 s,
                 limit=limit,
                 offset=offset,
                 owner_id=owner.user_id if owner else None,
                 workspace_id=workspace_id,
+                words=words,
             )
+            matches = (
+                await repo.first_matching_messages(s, [c.id for c in found], words) if words else {}
+            )
+        snippets = {cid: excerpt(content, words) for cid, content in matches.items()}
+        return ConversationList(found, total, snippets)
 
     async def get(
         self, owner: Account | None, conversation_id: str

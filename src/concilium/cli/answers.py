@@ -233,6 +233,13 @@ def conversations_list(
         typer.Option(help="A user's (default: the operator's, made by `concilium chat`)."),
     ] = None,
     limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
+    search: Annotated[
+        str | None,
+        typer.Option(
+            help="Only those whose title or one of whose messages contains all these "
+            "words, ignoring case."
+        ),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Newest first, with the id `concilium chat --conversation ID` resumes."""
@@ -244,21 +251,21 @@ def conversations_list(
 
         async with running_services(settings) as services:
             who = await _account(services, user) if user else None
-            found, _ = await services.chat.list_conversations(who, limit=limit, offset=0)
-            return found
+            return await services.chat.list_conversations(who, limit=limit, offset=0, search=search)
 
     try:
         found = asyncio.run(listed())
     except ConciliumError as exc:
         err.print(f"[red]{exc.detail}[/]")
         raise typer.Exit(1) from exc
-    table = Table("id", "title", "model", "updated")
-    for conversation in found:
+    table = Table("id", "title", "model", "updated", *(["match"] if search is not None else []))
+    for conversation in found.conversations:
         table.add_row(
             conversation.id,
             conversation.title or "",
             conversation.model or "default",
             conversation.updated_at.strftime("%Y-%m-%d %H:%M"),
+            *([found.snippets.get(conversation.id, "")] if search is not None else []),
         )
     Console().print(table)
 

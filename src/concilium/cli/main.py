@@ -51,8 +51,8 @@ def serve(
     err.print(
         f"Concilium {__version__} on {base} (default model: {settings.chat.default_model}, "
         f"data: {settings.data_dir})\n"
-        f"  OpenAI-compatible API: {base}/v1 · API description: {base}/openapi.json "
-        "(with a key) · no web page yet"
+        f"  Open {settings.server.public_url()}/ in a browser · OpenAI-compatible API: "
+        f"{base}/v1 · API description: {base}/openapi.json (with a key)"
     )
     marker = server_marker(settings)
     marker.parent.mkdir(parents=True, exist_ok=True)

@@ -198,6 +198,11 @@ class Backend(ABC):
     def context_length(self, model: str) -> int:
         return self.config.context_length or self.default_context_length
 
+    async def loaded_models(self) -> list[str]:
+        """Models held in memory now, as named in requests. Cheap and quick: it is polled
+        by the admin page (a backend that does not know answers none)."""
+        return []
+
     async def token_counts(self, model: str, messages: Sequence[ChatMessage]) -> list[int]:
         """Size of each message in the model's tokens, framing included (estimated here)."""
         return [estimate_message_tokens(m) for m in messages]

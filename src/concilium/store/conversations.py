@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from concilium.errors import NotFound
 from concilium.store.models import Conversation, Membership, Message, MessageStatus, utcnow
+from concilium.store.text_match import contains_all
 
 __all__ = [
     "add_message",
     "branch_path",
+    "count_active_conversations",
     "create_conversation",
     "delete_conversation",
+    "first_matching_messages",
     "get_conversation",
     "get_message",
     "list_conversations",
@@ -52,8 +56,10 @@ async def list_conversations(
     offset: int,
     owner_id: str | None = None,
     workspace_id: str | None = None,
+    words: Sequence[str] = (),
 ) -> tuple[Sequence[Conversation], int]:
-    """Conversations of ``owner_id`` (None: those without an owner), newest activity first."""
+    """Conversations of ``owner_id`` (None: those without an owner), newest activity first;
+    with ``words``, only those whose title or one of whose messages contains them all."""
     where = [Conversation.owner_id == owner_id if owner_id else Conversation.owner_id.is_(None)]
     if owner_id is not None:
         # Out of reach once the owner left the workspace (like every other access).
@@ -64,6 +70,11 @@ async def list_conversations(
         )
     if workspace_id is not None:
         where.append(Conversation.workspace_id == workspace_id)
+    if words:
+        in_a_message = exists().where(
+            Message.conversation_id == Conversation.id, contains_all(Message.content, words)
+        )
+        where.append(or_(contains_all(Conversation.title, words), in_a_message))
     total = await session.scalar(select(func.count()).select_from(Conversation).where(*where))
     rows = await session.scalars(
         select(Conversation)
@@ -73,6 +84,48 @@ async def list_conversations(
         .offset(offset)
     )
     return rows.all(), int(total or 0)
+
+
+async def first_matching_messages(
+    session: AsyncSession, conversation_ids: Collection[str], words: Sequence[str]
+) -> dict[str, str]:
+    """Conversation id → content of its earliest message containing every one of ``words``
+    (conversations with no such message are left out)."""
+    if not conversation_ids:
+        return {}
+    first = (
+        select(Message.conversation_id, func.min(Message.seq).label("seq"))
+        .where(
+            Message.conversation_id.in_(list(conversation_ids)),
+            contains_all(Message.content, words),
+        )
+        .group_by(Message.conversation_id)
+        .subquery()
+    )
+    rows = await session.execute(
+        select(Message.conversation_id, Message.content).join(
+            first,
+            (Message.conversation_id == first.c.conversation_id) & (Message.seq == first.c.seq),
+        )
+    )
+    return {row.conversation_id: row.content for row in rows}
+
+
+async def count_active_conversations(session: AsyncSession, since: datetime) -> int:
+    """Conversations with a message created at or after ``since``.
+
+    Adding a message also touches the conversation's (indexed) ``updated_at``, so only
+    conversations updated since then are looked into, not every message ever stored.
+    """
+    recent_message = exists().where(
+        Message.conversation_id == Conversation.id, Message.created_at >= since
+    )
+    total = await session.scalar(
+        select(func.count())
+        .select_from(Conversation)
+        .where(Conversation.updated_at >= since, recent_message)
+    )
+    return int(total or 0)
 
 
 async def get_conversation(session: AsyncSession, conversation_id: str) -> Conversation:

@@ -16,6 +16,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from concilium.store.text_match import register_sqlite_functions
+
 __all__ = ["Database"]
 
 
@@ -29,6 +31,7 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+    register_sqlite_functions(dbapi_connection)
 
 
 def _sqlite_begin(conn: Any) -> None:

@@ -148,6 +148,16 @@ def _tokens(response: Response, login: Login, services: Services, cookie: bool) 
     return TokensOut(expires_in=expires_in, session_id=login.session_id, csrf_token=csrf)
 
 
+class SetupState(BaseModel):
+    required: bool = Field(description="No account exists yet: the setup token is waiting.")
+
+
+@router.get("/setup", response_model=SetupState)
+async def setup_state(services: ServicesDep) -> SetupState:
+    """Whether the first administrator is still to be created (the web page asks)."""
+    return SetupState(required=not await services.auth.has_users())
+
+
 @router.post("/setup", status_code=status.HTTP_201_CREATED, response_model=UserOut)
 async def setup(body: SetupIn, request: Request, services: ServicesDep) -> UserOut:
     """Create the first administrator with the one-time token printed at first start."""

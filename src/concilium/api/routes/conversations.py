@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from concilium.api.deps import ChatDep, ChatPrincipal, owner
 from concilium.api.schemas import (
@@ -21,6 +21,7 @@ from concilium.api.schemas import (
 )
 from concilium.api.streaming import event_stream_response, until_disconnect
 from concilium.auth.quotas import Account
+from concilium.chat.search import MAX_QUERY_CHARS, SNIPPET_CHARS
 from concilium.chat.service import ChatService, Generation, error_for
 from concilium.errors import Conflict, NotFound
 from concilium.events import Event
@@ -38,6 +39,9 @@ Title = Annotated[SafeText, Field(min_length=1, max_length=200)]
 SystemPrompt = Annotated[SafeText, Field(max_length=20_000)]
 Content = Annotated[SafeText, Field(min_length=1)]
 ModelName = ModelId
+SearchText = Annotated[
+    SafeText, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUERY_CHARS)
+]
 
 
 class ConversationCreate(BaseModel):
@@ -101,8 +105,16 @@ class ConversationDetail(ConversationOut):
     active_path: list[str] = Field(description="Ids from the root to the active leaf.")
 
 
+class ConversationListItem(ConversationOut):
+    snippet: str | None = Field(
+        None,
+        description=f"With `q`: up to {SNIPPET_CHARS} characters of the first message "
+        "that matches, around the match (null when only the title matches).",
+    )
+
+
 class ConversationPage(BaseModel):
-    items: list[ConversationOut]
+    items: list[ConversationListItem]
     total: int
     limit: int
     offset: int
@@ -212,14 +224,26 @@ async def list_conversations(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     workspace_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+    q: Annotated[
+        SearchText | None,
+        Query(
+            description="Only conversations whose title or one of whose messages contains "
+            "all these words, ignoring case."
+        ),
+    ] = None,
 ) -> ConversationPage:
     """The caller's conversations (in one workspace, or all of theirs)."""
-    items, total = await chat.list_conversations(
-        owner(principal), limit=limit, offset=offset, workspace_id=workspace_id
+    listed = await chat.list_conversations(
+        owner(principal), limit=limit, offset=offset, workspace_id=workspace_id, search=q
     )
     return ConversationPage(
-        items=[ConversationOut.model_validate(c) for c in items],
-        total=total,
+        items=[
+            ConversationListItem(
+                **ConversationOut.model_validate(c).model_dump(), snippet=listed.snippets.get(c.id)
+            )
+            for c in listed.conversations
+        ],
+        total=listed.total,
         limit=limit,
         offset=offset,
     )

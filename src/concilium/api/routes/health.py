@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from concilium import __version__
 from concilium.api.deps import ServicesDep, authenticate
 from concilium.api.schemas import problem_responses
+from concilium.api.web import WebAssets, wants_page
 from concilium.auth.principal import Scope
 from concilium.observability.health import readiness
 
@@ -19,21 +20,27 @@ router = APIRouter(tags=["operations"])
 
 @router.get("/")
 @router.get("/v1", include_in_schema=False)  # the base URL OpenAI clients are given
-async def index() -> dict[str, object]:
-    """What answers here, for a person who opens the server's address (no web page yet)."""
-    return {
-        "name": "Concilium",
-        "version": __version__,
-        "message": "This is Concilium's API; it has no web page yet. Use an OpenAI client "
-        "with base URL <this address>/v1, or `concilium chat` in a terminal.",
-        "links": {
-            "openai": "/v1/models",
-            "api_description": "/openapi.json",
-            "setup": "/api/auth/setup",
-            "login": "/api/auth/login",
-            "health": "/health/ready",
-        },
-    }
+async def index(request: Request) -> Response:
+    """The web page for a browser; for an API client, what answers here."""
+    if request.url.path == "/" and wants_page(request):
+        web: WebAssets = request.app.state.web
+        return web.response("index.html", request)
+    return JSONResponse(
+        {
+            "name": "Concilium",
+            "version": __version__,
+            "message": "This is Concilium's API. Open this address in a browser for the web "
+            "page; use an OpenAI client with base URL <this address>/v1, or `concilium chat` "
+            "in a terminal.",
+            "links": {
+                "openai": "/v1/models",
+                "api_description": "/openapi.json",
+                "setup": "/api/auth/setup",
+                "login": "/api/auth/login",
+                "health": "/health/ready",
+            },
+        }
+    )
 
 
 @router.get("/health/live")

@@ -6,10 +6,11 @@ kills this process, not the server, and (3) a generation can always be stopped.
 
 Protocol: one JSON object per line. Requests on stdin:
   ``{"op": "generate", "id", "model_path", "model", "messages", "kwargs"}``
-  ``{"op": "cancel", "id"}``, ``{"op": "shutdown"}``.
+  ``{"op": "cancel", "id"}``, ``{"op": "loaded", "id"}``, ``{"op": "shutdown"}``.
 Replies on stdout: ``{"ready": true}`` once, then per request ``{"id", "text"}`` for each
 token and finally ``{"id", "end": {finish_reason, prompt_tokens, completion_tokens}}`` or
-``{"id", "error": "..."}``.
+``{"id", "error": "..."}``; ``loaded`` is answered at once, even during a generation, with
+``{"id", "loaded": [model names, least recently used first]}``.
 """
 
 from __future__ import annotations
@@ -89,6 +90,9 @@ class _Engine:
         self.out = out
         self.out_lock = threading.Lock()
         self.loaded: OrderedDict[str, Any] = OrderedDict()
+        #: The names in ``loaded``, replaced whole on each change: the reader thread
+        #: answers from it while the generating thread changes ``loaded``.
+        self.loaded_names: tuple[str, ...] = ()
         self.cancelled: set[int] = set()
         self.jobs: queue.Queue[dict[str, Any] | None] = queue.Queue()
 
@@ -105,6 +109,8 @@ class _Engine:
             op = message.get("op")
             if op == "cancel":
                 self.cancelled.add(message["id"])
+            elif op == "loaded":
+                self.emit({"id": message["id"], "loaded": list(self.loaded_names)})
             elif op == "generate":
                 self.jobs.put(message)
             elif op == "shutdown":
@@ -115,11 +121,13 @@ class _Engine:
         llm = self.loaded.get(name)
         if llm is not None:
             self.loaded.move_to_end(name)
+            self.loaded_names = tuple(self.loaded)
             return llm
         from llama_cpp import Llama
 
         while len(self.loaded) >= self.options["max_loaded_models"]:
             _, old = self.loaded.popitem(last=False)
+            self.loaded_names = tuple(self.loaded)
             old.close()
         with _model_defaults(extra_buffers=self.options.get("extra_buffers", True)):
             llm = Llama(
@@ -132,6 +140,7 @@ class _Engine:
                 verbose=False,
             )
         self.loaded[name] = llm
+        self.loaded_names = tuple(self.loaded)
         return llm
 
     def generate(self, job: dict[str, Any]) -> None:

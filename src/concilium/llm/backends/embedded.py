@@ -41,6 +41,8 @@ __all__ = ["EmbeddedBackend", "EmbeddedOptions"]
 log = structlog.get_logger(__name__)
 _MESSAGE_OVERHEAD = 6  # role markers and separators of chat templates
 _ENGINE_START_TIMEOUT = 120.0
+#: The engine answers ``loaded`` from its reader thread: a slower answer means it is stuck.
+_LOADED_TIMEOUT = 1.0
 
 
 class EmbeddedOptions(OptionsModel):
@@ -176,6 +178,18 @@ class _EngineProcess:
             del self.pending[ident]
             if not finished:
                 self._send({"op": "cancel", "id": ident})
+
+    async def loaded(self) -> list[str]:
+        """The models the engine holds in memory, least recently used first."""
+        ident = next(self.ids)
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.pending[ident] = queue
+        try:
+            self._send({"op": "loaded", "id": ident})
+            message = await queue.get()
+        finally:
+            del self.pending[ident]
+        return [str(name) for name in message.get("loaded", ())]  # none if it crashed
 
     async def stop(self) -> None:
         if self.proc.returncode is None:
@@ -363,6 +377,18 @@ class EmbeddedBackend(Backend):
                 )
                 self.engine_starts += 1
             return self._engine
+
+    async def loaded_models(self) -> list[str]:
+        """Asks the engine, if it runs (it is not started for this)."""
+        engine = self._engine
+        if engine is None or not engine.alive:
+            return []
+        try:
+            async with asyncio.timeout(_LOADED_TIMEOUT):
+                return await engine.loaded()
+        except TimeoutError:
+            log.warning("engine_loaded_timeout", backend=self.name)
+            return []
 
     def _observe(self, message: dict[str, Any]) -> None:
         if "text" in message:
