@@ -87,6 +87,7 @@ bench: install $(VENV)/.test-model
 	$(PY) benchmarks/knowledge_latency.py --sizes $(LATENCY_SIZES) --write
 	$(PY) benchmarks/orchestration_classifier.py --write
 	$(PY) benchmarks/consensus_qa.py --write
+	$(PY) benchmarks/web_ui.py --write
 
 # Regenerates uv.lock from pyproject.toml, keeping every pin that still fits (UPGRADE=1
 # moves every package to the newest release the ranges allow), and scripts/bootstrap.txt.

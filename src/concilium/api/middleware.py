@@ -147,9 +147,9 @@ class EdgeMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = list(message.get("headers", ()))
-                # The web page sets its own policy (scripts from this origin).
-                own = {k.lower() for k, _ in headers} & {_CSP}
-                message["headers"] = [*headers, *(h for h in extra if h[0] not in own)]
+                # The web page (and only it) replaces the policy: scripts from this origin.
+                page = scope.get("path") == "/" and any(k.lower() == _CSP for k, _ in headers)
+                message["headers"] = [*headers, *(h for h in extra if not page or h[0] != _CSP)]
             await send(message)
 
         try:

@@ -87,7 +87,8 @@ class WebAssets:
             # Revalidated every time: a 304 on loopback costs less than a stale page
             # after an upgrade.
             "Cache-Control": "no-cache",
-            "Vary": "Accept-Encoding",
+            # "/" is the page for browsers and a JSON description for others.
+            "Vary": "Accept, Accept-Encoding" if name == "index.html" else "Accept-Encoding",
         }
         if name == "index.html":
             headers["Content-Security-Policy"] = self.policy

@@ -39,7 +39,8 @@ async def index(request: Request) -> Response:
                 "login": "/api/auth/login",
                 "health": "/health/ready",
             },
-        }
+        },
+        headers={"Vary": "Accept"} if request.url.path == "/" else None,
     )
 
 

@@ -25,7 +25,9 @@ function Profile({ me }) {
   const [saved, setSaved] = useState(false);
   const [save, busy, error] = useAction(async () => {
     setSaved(false);
-    await patch("/api/me", { display_name: name, email: email || null });
+    const change = { email: email.trim() || null };
+    if (name.trim()) change.display_name = name.trim();
+    await patch("/api/me", change);
     setSaved(true);
   });
   return html`<section class="card" aria-labelledby="profile-title">
@@ -95,7 +97,7 @@ function OwnKeys() {
     <${KeyTable} keys=${keys} onRevoke=${revoke} />
     <${Dialog} open=${!!created} title=${t("keys.createdTitle")} onClose=${() => setCreated(null)}>
       <p>${t("keys.shownOnce")}</p>
-      <p class="secret" aria-label=${t("keys.secret")}>${created?.key}</p>
+      <p class="secret" role="note" aria-label=${t("keys.secret")}>${created?.key}</p>
       <div class="actions">
         <button type="button" onClick=${() => navigator.clipboard?.writeText(created.key)}>${t("chat.copy")}</button>
         <button type="button" class="primary" onClick=${() => setCreated(null)}>${t("common.done")}</button>

@@ -119,7 +119,7 @@ function Users({ me }) {
             <td>${u.username}<br /><span class="meta">${u.display_name}</span></td>
             <td>${u.is_admin ? t("users.admin") : t("users.member")}</td>
             <td>${u.disabled ? t("users.disabled") : t("users.active")}</td>
-            <td>${t("users.quotaValues", { daily: u.daily_token_quota ?? "∞", monthly: u.monthly_token_quota ?? "∞" })}</td>
+            <td>${t("users.quotaValues", { daily: u.daily_token_quota ?? t("users.quotaDefault"), monthly: u.monthly_token_quota ?? t("users.quotaDefault") })}</td>
             <td>${formatDate(u.last_login_at) || "—"}</td>
             <td>
               <button type="button" class="small" onClick=${() => setEditing(u)}>${t("users.edit")}</button>
@@ -278,6 +278,16 @@ function WorkspaceDialog({ workspace, onClose }) {
   const [members, error, reload] = useLoad(() => (id ? get(`/api/workspaces/${id}/members`) : null), [id]);
   const [users] = useLoad(() => (id ? get("/api/admin/users?limit=500") : null), [id]);
   const [form, setForm] = useState({ username: "", role: "member", daily: "", monthly: "" });
+  const [saved, setSaved] = useState(false);
+  useEffect(() => {
+    setSaved(false);
+    setForm({
+      username: "",
+      role: "member",
+      daily: workspace?.daily_token_quota ?? "",
+      monthly: workspace?.monthly_token_quota ?? "",
+    });
+  }, [id]);
   const [add, busy, addError] = useAction(async () => {
     await put(`/api/workspaces/${id}/members`, { username: form.username, role: form.role });
     reload();
@@ -287,10 +297,12 @@ function WorkspaceDialog({ workspace, onClose }) {
     reload();
   });
   const [saveQuota, quotaBusy, quotaError] = useAction(async () => {
+    setSaved(false);
     await put(`/api/admin/workspaces/${id}/quota`, {
       daily_token_quota: quotaValue(form.daily),
       monthly_token_quota: quotaValue(form.monthly),
     });
+    setSaved(true);
   });
   return html`<${Dialog} open=${!!workspace} title=${workspace?.name || ""} onClose=${onClose} wide>
     <${Alert} error=${error || addError || removeError || quotaError} />
@@ -336,6 +348,7 @@ function WorkspaceDialog({ workspace, onClose }) {
       </${Field}>
       <button type="submit" disabled=${quotaBusy}>${t("common.save")}</button>
     </form>
+    ${saved && html`<div class="alert ok" role="status">${t("common.saved")}</div>`}
   </${Dialog}>`;
 }
 

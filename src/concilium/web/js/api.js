@@ -3,6 +3,10 @@
 
 const CSRF_COOKIE = "concilium_csrf";
 const REFRESHED_AT = "concilium.refreshedAt";
+const EXPIRES_IN = "concilium.expiresIn";
+const REFRESHING = "concilium.refreshing";
+// Credential calls answer 401 for a reason a refresh cannot fix.
+const NO_RETRY = /^\/api\/auth\/(login|refresh|setup)\b/;
 
 export class ApiError extends Error {
   constructor(status, problem = {}) {
@@ -64,24 +68,58 @@ function send(path, { method = "GET", json, form, signal, accept } = {}) {
 
 let refreshing = null;
 
+/** Run ``work`` in one tab at a time: the Web Locks API where the origin is secure, else a
+ * lease in localStorage (plain-HTTP addresses on a LAN have no locks). */
+async function oneTabAtATime(work) {
+  if (navigator.locks) return navigator.locks.request("concilium-refresh", work);
+  const me = `${Date.now()}-${Math.random()}`;
+  for (let tries = 0; tries < 50; tries++) {
+    const [owner, until] = (localStorage.getItem(REFRESHING) || "").split("|");
+    if (!owner || Number(until) < Date.now()) {
+      localStorage.setItem(REFRESHING, `${me}|${Date.now() + 10000}`);
+      await new Promise((r) => setTimeout(r, 30));
+      if (localStorage.getItem(REFRESHING)?.startsWith(me)) {
+        try {
+          return await work();
+        } finally {
+          localStorage.removeItem(REFRESHING);
+        }
+      }
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return work();
+}
+
 /** New tokens from the refresh cookie; one tab at a time (each refresh token works once). */
 export function refresh() {
   if (!refreshing) {
     const run = async () => {
       const last = Number(localStorage.getItem(REFRESHED_AT) || 0);
-      if (Date.now() - last < 5000) return true; // another tab just did it
-      const response = await send("/api/auth/refresh", { method: "POST", json: {} });
+      if (Date.now() - last < 5000) {
+        // Another tab just did it: its cookies are ours; renew when they near their end.
+        scheduleRefresh(Number(localStorage.getItem(EXPIRES_IN) || 0) - 5);
+        return true;
+      }
+      const response = await fetch("/api/auth/refresh", {
+        method: "POST",
+        headers: { "Content-Type": "application/json", "X-CSRF-Token": csrfToken() },
+        body: "{}",
+        credentials: "same-origin",
+        signal: AbortSignal.timeout(10000),
+      });
       if (!response.ok) return false;
+      const { expires_in: expiresIn } = await response.json();
       localStorage.setItem(REFRESHED_AT, String(Date.now()));
-      scheduleRefresh((await response.json()).expires_in);
+      localStorage.setItem(EXPIRES_IN, String(expiresIn));
+      scheduleRefresh(expiresIn);
       return true;
     };
-    const locked = navigator.locks
-      ? navigator.locks.request("concilium-refresh", run)
-      : run();
-    refreshing = locked.catch(() => false).finally(() => {
-      refreshing = null;
-    });
+    refreshing = oneTabAtATime(run)
+      .catch(() => false)
+      .finally(() => {
+        refreshing = null;
+      });
   }
   return refreshing;
 }
@@ -99,7 +137,7 @@ export async function request(path, options = {}) {
   let response;
   try {
     response = await send(path, options);
-    if (response.status === 401 && !path.startsWith("/api/auth/")) {
+    if (response.status === 401 && !NO_RETRY.test(path)) {
       if (await refresh()) response = await send(path, options);
       if (response.status === 401 && session) {
         session = false;
@@ -123,7 +161,8 @@ export const patch = (path, json) => request(path, { method: "PATCH", json });
 export const put = (path, json) => request(path, { method: "PUT", json });
 export const del = (path) => request(path, { method: "DELETE" });
 
-/** POST and read the answer's server-sent events: onEvent(event) for each; resolves at the end. */
+/** POST and read the answer's server-sent events: onEvent(event) for each. Resolves with
+ * {ended} (a done or error event came) or {aborted}. */
 export async function stream(path, json, onEvent, signal) {
   const response = await request(path, {
     method: "POST",
@@ -134,39 +173,60 @@ export async function stream(path, json, onEvent, signal) {
   });
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
-  for (;;) {
-    let chunk;
-    try {
-      chunk = await reader.read();
-    } catch (error) {
-      if (error.name === "AbortError") return;
-      throw new ApiError(0, { detail: String(error.message || error) });
+  let ended = false;
+  try {
+    for (;;) {
+      let chunk;
+      try {
+        chunk = await reader.read();
+      } catch (error) {
+        if (error.name === "AbortError") return { aborted: true };
+        throw new ApiError(0, { detail: String(error.message || error) });
+      }
+      if (chunk.done) break;
+      // Line ends may be CRLF or CR (a CR at a chunk's end waits for what follows).
+      buffer = (buffer + chunk.value).replace(/\r\n|\r(?=.)/gs, "\n");
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        const data = block
+          .split("\n")
+          .filter((line) => line.startsWith("data:"))
+          .map((line) => line.slice(5).replace(/^ /, ""))
+          .join("\n");
+        if (!data) continue;
+        const event = JSON.parse(data);
+        if (event.type === "done" || event.type === "error") ended = true;
+        onEvent(event);
+      }
     }
-    if (chunk.done) break;
-    buffer += chunk.value;
-    let end;
-    while ((end = buffer.indexOf("\n\n")) >= 0) {
-      const block = buffer.slice(0, end);
-      buffer = buffer.slice(end + 2);
-      const data = block
-        .split("\n")
-        .filter((line) => line.startsWith("data:"))
-        .map((line) => line.slice(5).replace(/^ /, ""))
-        .join("\n");
-      if (data) onEvent(JSON.parse(data));
-    }
+  } finally {
+    reader.cancel().catch(() => {});
+  }
+  return { ended };
+}
+
+/** Upload with progress (fetch cannot report it): resolves with the JSON answer. An
+ * expired session is renewed once. */
+export async function upload(path, form, onProgress) {
+  try {
+    return await uploadOnce(path, form, onProgress);
+  } catch (error) {
+    if (error.status !== 401 || !(await refresh())) throw error;
+    return uploadOnce(path, form, onProgress);
   }
 }
 
-/** Upload with progress (fetch cannot report it): resolves with the JSON answer. */
-export function upload(path, form, onProgress) {
+function uploadOnce(path, form, onProgress) {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     xhr.open("POST", path);
     xhr.setRequestHeader("X-CSRF-Token", csrfToken());
     xhr.setRequestHeader("Accept", "application/json");
     xhr.upload.onprogress = (e) => e.lengthComputable && onProgress(e.loaded / e.total);
-    xhr.onerror = () => reject(new ApiError(0, { detail: "network error" }));
+    xhr.onerror = () => reject(new ApiError(0, {}));
+    xhr.onabort = () => reject(new ApiError(0, {}));
     xhr.onload = () => {
       let body = {};
       try {

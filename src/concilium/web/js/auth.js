@@ -1,6 +1,6 @@
 // First-administrator setup and sign-in (cookie session: HttpOnly tokens, CSRF header).
 
-import { useState } from "preact/hooks";
+import { useEffect, useState } from "preact/hooks";
 import { post } from "./api.js";
 import { t } from "./i18n.js";
 import { Alert, Field, html, useAction } from "./ui.js";
@@ -39,6 +39,10 @@ export function LoginPage({ onDone, setupRequired }) {
 
 export function SetupPage({ token: given, onDone }) {
   const [token, setToken] = useState(given);
+  useEffect(() => {
+    // The one-time token leaves the address bar and the history once read.
+    if (given) history.replaceState(null, "", "#/setup");
+  }, [given]);
   const [username, setUsername] = useState("admin");
   const [password, setPassword] = useState("");
   const [confirm, setConfirm] = useState("");

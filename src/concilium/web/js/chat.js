@@ -10,9 +10,9 @@ import {
   observeElementOffset,
   observeElementRect,
 } from "virtual-core";
-import { del, get, patch, post, stream } from "./api.js";
-import { formatNumber, t } from "./i18n.js";
-import { Markdown, sourceTitle } from "./markdown.js";
+import { ApiError, del, get, patch, post, stream } from "./api.js";
+import { formatNumber, t, tOr } from "./i18n.js";
+import { Markdown, plainText, sourceTitle } from "./markdown.js";
 import { navigate } from "./router.js";
 import { Alert, Dialog, Empty, Icon, Loading, announce, errorText, html, useAction, useLoad } from "./ui.js";
 
@@ -114,6 +114,7 @@ function ConversationList({ current, version, onPick }) {
     <input
       type="search"
       class="search"
+      maxlength="200"
       aria-label=${t("chat.search")}
       placeholder=${t("chat.search")}
       value=${query}
@@ -197,22 +198,34 @@ function Conversation({ id, onChanged, onCreated }) {
   const pending = useRef({ text: "", frame: 0 });
   const controller = useRef(null);
   const conversationId = useRef(id);
+  const mounted = useRef(true);
+  const stopping = useRef(null);
 
   const reload = useCallback(async (which = conversationId.current) => {
     if (!which) return;
     try {
-      setDetail(await get(`/api/conversations/${which}`));
+      const loaded = await get(`/api/conversations/${which}`);
+      if (!mounted.current) return;
+      setDetail(loaded);
       setLoadError(null);
     } catch (e) {
-      setLoadError(e);
+      if (mounted.current) setLoadError(e);
+      throw e;
     }
   }, []);
 
   useEffect(() => {
     conversationId.current = id;
-    if (id) reload(id);
+    if (id) reload(id).catch(() => {});
   }, [id, reload]);
-  useEffect(() => () => controller.current?.abort(), []);
+  useEffect(
+    () => () => {
+      // Leaving closes the stream, which stops the answer (the API's rule).
+      mounted.current = false;
+      controller.current?.abort();
+    },
+    [],
+  );
 
   useEffect(() => {
     localStorage.setItem(SETTINGS, JSON.stringify(settings));
@@ -259,29 +272,56 @@ function Conversation({ id, onChanged, onCreated }) {
     }
   };
 
+  /** Stream one answer; false when it failed before the server took the question. */
   const run = async (path, body, base) => {
     setError(null);
     pending.current = { text: base.text || "", frame: 0 };
+    let started = false;
+    let failedEvent = null;
     setLive({ steps: [], ...base });
     announce(t("chat.generating"));
     controller.current = new AbortController();
     let failed = null;
+    let outcome = {};
     try {
-      await stream(path, body, onEvent, controller.current.signal);
+      outcome = await stream(
+        path,
+        body,
+        (event) => {
+          if (event.type === "message") started = true;
+          if (event.type === "error") failedEvent = event;
+          onEvent(event);
+        },
+        controller.current.signal,
+      );
     } catch (e) {
       failed = e;
     }
+    clearTimeout(stopping.current);
+    stopping.current = null;
     cancelAnimationFrame(pending.current.frame);
+    if (!mounted.current || outcome.aborted || failed?.name === "AbortError") return started;
+    if (!failed && !outcome.ended) failed = new ApiError(0, { code: "stream_cut" });
     const text = pending.current.text;
     const which = conversationId.current;
-    if (failed && failed.name !== "AbortError") setError(failed);
+    if (failed) setError(failed);
     if (which) {
-      await reload(which);
-      if (which !== id) navigate(`/chat/${which}`);
+      try {
+        await reload(which);
+        if (which !== id) navigate(`/chat/${which}`);
+      } catch {
+        // the turn stays on screen as streamed; the error above says what happened
+      }
     }
+    if (!mounted.current) return started;
     setLive(null);
     onChanged();
-    announce(failed ? errorText(failed) : `${t("chat.answered")} ${text.slice(0, 1000)}`);
+    if (failed || failedEvent) {
+      announce(failed ? errorText(failed) : `${t("chat.failed")} — ${failedEvent.message}`);
+    } else {
+      announce(`${t("chat.answered")} ${plainText(text).slice(0, 1000)}`);
+    }
+    return started || !failed;
   };
 
   const generation = () => {
@@ -294,9 +334,11 @@ function Conversation({ id, onChanged, onCreated }) {
 
   const send = async (content) => {
     let which = conversationId.current;
+    let created = null;
     if (!which) {
       try {
-        const created = await post("/api/conversations", { title: content.slice(0, 80) });
+        // A title of whole characters (an emoji cut in two is refused).
+        created = await post("/api/conversations", { title: Array.from(content).slice(0, 80).join("") });
         which = conversationId.current = created.id;
         onCreated(created.id);
       } catch (e) {
@@ -304,12 +346,18 @@ function Conversation({ id, onChanged, onCreated }) {
         return false;
       }
     }
-    await run(
+    const taken = await run(
       `/api/conversations/${which}/messages`,
       { content, ...generation() },
       { userText: content, parentIndex: tree ? tree.path.length : 0 },
     );
-    return true;
+    if (!taken && created) {
+      // Refused before anything was stored (quota, a model gone): no empty conversation.
+      conversationId.current = null;
+      del(`/api/conversations/${created.id}`).catch(() => {});
+      onChanged();
+    }
+    return taken;
   };
 
   const edit = (message, content) =>
@@ -341,15 +389,17 @@ function Conversation({ id, onChanged, onCreated }) {
 
   const stop = async () => {
     const target = live?.assistantId;
-    if (target && conversationId.current) {
-      try {
-        await post(`/api/conversations/${conversationId.current}/messages/${target}/cancel`);
-        return;
-      } catch {
-        // not live any more, or not reachable: closing the stream stops it too
-      }
+    if (stopping.current || !target || !conversationId.current) {
+      controller.current?.abort(); // a second press, or nothing to cancel yet
+      return;
     }
-    controller.current?.abort();
+    // The server ends the stream; if it does not within a few seconds, close it.
+    stopping.current = setTimeout(() => controller.current?.abort(), 5000);
+    try {
+      await post(`/api/conversations/${conversationId.current}/messages/${target}/cancel`);
+    } catch {
+      controller.current?.abort(); // not live any more, or not reachable
+    }
   };
 
   const switchBranch = async (message, step) => {
@@ -373,8 +423,6 @@ function Conversation({ id, onChanged, onCreated }) {
     const shown = [...kept];
     if (live.userText !== undefined) {
       shown.push({ id: live.userId || "pending-user", role: "user", content: live.userText, status: "complete" });
-    } else if (live.resumed === undefined && path[live.parentIndex]) {
-      shown.push(path[live.parentIndex]);
     }
     const resumed = live.resumed;
     shown.push({
@@ -392,6 +440,19 @@ function Conversation({ id, onChanged, onCreated }) {
     return shown;
   }, [tree, live]);
 
+  // Handlers that never change identity: the list's row cache survives re-renders.
+  const latest = useRef(null);
+  latest.current = { edit, regenerate, switchBranch, decide };
+  const handlers = useMemo(
+    () => ({
+      onEdit: (...a) => latest.current.edit(...a),
+      onRegenerate: (...a) => latest.current.regenerate(...a),
+      onBranch: (...a) => latest.current.switchBranch(...a),
+      onDecide: (...a) => latest.current.decide(...a),
+    }),
+    [],
+  );
+
   const busy = !!live;
   return html`<section class="conversation" aria-label=${detail?.title || t("chat.new")}>
     <${Alert} error=${loadError} />
@@ -402,10 +463,10 @@ function Conversation({ id, onChanged, onCreated }) {
       items=${items}
       tree=${tree}
       busy=${busy}
-      onEdit=${edit}
-      onRegenerate=${regenerate}
-      onBranch=${switchBranch}
-      onDecide=${decide}
+      onEdit=${handlers.onEdit}
+      onRegenerate=${handlers.onRegenerate}
+      onBranch=${handlers.onBranch}
+      onDecide=${handlers.onDecide}
       onSource=${setSource}
     />`}
     <${Alert} error=${error} />
@@ -433,7 +494,7 @@ function MessageList({ items, tree, busy, onEdit, onRegenerate, onBranch, onDeci
         count: items.length,
         getScrollElement: () => scroller.current,
         estimateSize: () => 140,
-        overscan: 4,
+        overscan: 2,
         anchorTo: "end",
         followOnAppend: true,
         observeElementRect,
@@ -465,7 +526,10 @@ function MessageList({ items, tree, busy, onEdit, onRegenerate, onBranch, onDeci
   }, [items.length]);
   const last = items.at(-1);
   useLayoutEffect(() => {
-    if (last?.live) virtualizer.scrollToIndex(items.length - 1, { align: "end" });
+    const list = scroller.current;
+    const atEnd = list && list.scrollHeight - list.scrollTop - list.clientHeight < 120;
+    // Follow the answer being written, unless the reader scrolled up to read.
+    if (last?.live && atEnd) virtualizer.scrollToIndex(items.length - 1, { align: "end" });
   }, [last?.content?.length]);
 
   // A row already rendered with the same message and context is handed back as the same
@@ -486,7 +550,7 @@ function MessageList({ items, tree, busy, onEdit, onRegenerate, onBranch, onDeci
   };
   const measure = useCallback((node) => node && virtualizer.measureElement(node), [virtualizer]);
 
-  return html`<div class="messages" ref=${scroller} role="log" aria-label=${t("chat.messages")} tabindex="0">
+  return html`<div class="messages" ref=${scroller} role="log" aria-live="off" aria-label=${t("chat.messages")} tabindex="0">
     <div class="messages-inner" style=${{ height: `${virtualizer.getTotalSize()}px` }}>
       ${virtualizer.getVirtualItems().map((virtual) => {
         const message = items[virtual.index];
@@ -510,6 +574,7 @@ function BranchSwitcher({ message, tree, busy, onBranch }) {
   const siblings = tree.children.get(message.parent_id || "") || [];
   if (siblings.length < 2) return null;
   const index = siblings.indexOf(message);
+  if (index < 0) return null;
   return html`<div class="branches" role="group" aria-label=${t("chat.branches")}>
     <button type="button" class="icon" disabled=${busy || index === 0} aria-label=${t("chat.previousBranch")}
       onClick=${() => onBranch(message, -1)}>‹</button>
@@ -640,7 +705,7 @@ function AgentTimeline({ steps, message, busy, canDecide, onDecide }) {
           <details open=${!result}>
             <summary>
               <strong>${step.tool}</strong>
-              ${result ? html` · <span class=${`outcome ${result.status}`}>${t(`agent.status.${result.status}`) || result.status}</span> · ${formatNumber(result.duration_ms)} ms` : html` · ${t("agent.running")}`}
+              ${result ? html` · <span class=${`outcome ${result.status}`}>${tOr(`agent.status.${result.status}`, result.status)}</span> · ${formatNumber(result.duration_ms)} ms` : html` · ${t("agent.running")}`}
             </summary>
             <p class="label">${t("agent.arguments")}</p>
             <pre class="args">${JSON.stringify(step.arguments, null, 2)}</pre>

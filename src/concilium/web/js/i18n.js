@@ -52,6 +52,12 @@ export function t(key, params) {
   return text;
 }
 
+/** The string for key, or ``fallback`` (a server's own word) when there is none. */
+export function tOr(key, fallback) {
+  const text = t(key);
+  return text === key ? fallback : text;
+}
+
 /** Re-render a component when the language changes. */
 export function useLanguage() {
   const [current, setCurrent] = useState(language);

@@ -19,6 +19,7 @@ export function KnowledgePage({ route }) {
     if (!current && collections?.length) navigate(`/knowledge/${collections[0].id}`);
   }, [current, collections]);
   const collection = collections?.find((c) => c.id === current) || null;
+  const missing = collections && current && !collection;
   return html`<div class="page">
     <h1>${t("knowledge.title")}</h1>
     <${Alert} error=${error} />
@@ -39,7 +40,9 @@ export function KnowledgePage({ route }) {
       <div>
         ${collection
           ? html`<${CollectionView} key=${collection.id} collection=${collection} onChanged=${reload} />`
-          : collections && collections.length > 0 && html`<${Loading} />`}
+          : missing
+            ? html`<${Empty}>${t("knowledge.notFound")}</${Empty}>`
+            : !collections && html`<${Loading} />`}
       </div>
     </div>
     <${NewCollection} open=${creating} onClose=${() => setCreating(false)}
@@ -118,8 +121,23 @@ function Uploader({ collection, onIngested }) {
   const input = useRef(null);
   const update = (key, values) => setFiles((all) => all.map((f) => (f.key === key ? { ...f, ...values } : f)));
 
+  const alive = useRef(true);
+  useEffect(
+    () => () => {
+      alive.current = false;
+    },
+    [],
+  );
+
+  /** Poll a file's job until it ends, more slowly as it goes; give up after 30 minutes. */
   const follow = async (key, jobId) => {
-    for (;;) {
+    const deadline = Date.now() + 30 * 60 * 1000;
+    let wait = POLL_MS;
+    while (alive.current) {
+      if (Date.now() > deadline) {
+        update(key, { state: "failed", reason: t("knowledge.gaveUp") });
+        return;
+      }
       let job;
       try {
         job = await get(`/api/jobs/${jobId}`);
@@ -142,10 +160,12 @@ function Uploader({ collection, onIngested }) {
         return;
       }
       update(key, { state: "indexing", progress: 0.5 + (0.5 * done) / total });
-      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+      await new Promise((resolve) => setTimeout(resolve, wait));
+      wait = Math.min(5000, wait * 1.3);
     }
   };
 
+  /** Upload one file; its indexing is followed apart (the next upload does not wait). */
   const send = async (entry) => {
     const form = new FormData();
     form.append("files", entry.file, entry.file.name);
@@ -154,9 +174,10 @@ function Uploader({ collection, onIngested }) {
         update(entry.key, { state: "uploading", progress: fraction / 2 }),
       );
       update(entry.key, { state: "queued", progress: 0.5 });
-      await follow(entry.key, job.id);
+      return { following: follow(entry.key, job.id) };
     } catch (error) {
       update(entry.key, { state: "failed", reason: errorText(error) });
+      return null;
     }
   };
 
@@ -169,12 +190,14 @@ function Uploader({ collection, onIngested }) {
       reason: null,
     }));
     setFiles((all) => [...entries, ...all]);
-    // Two at a time: the server parses while the next file uploads.
+    // Two uploads at a time; the server indexes while the next files arrive.
     const queue = [...entries];
+    const following = [];
     const worker = async () => {
-      while (queue.length) await send(queue.shift());
+      while (queue.length && alive.current) following.push(await send(queue.shift()));
     };
     await Promise.all([worker(), worker()]);
+    await Promise.all(following.map((f) => f?.following));
   };
 
   return html`<div class="uploader">
@@ -218,8 +241,10 @@ function Documents({ collection, version, onChanged }) {
     [collection.id, version],
   );
   const [open, setOpen] = useState(null);
-  const [remove, , removeError] = useAction(async (doc) => {
+  const [deleting, setDeleting] = useState(null);
+  const [remove, removing, removeError] = useAction(async (doc) => {
     await del(`/api/documents/${doc.id}`);
+    setDeleting(null);
     reload();
     onChanged();
   });
@@ -245,12 +270,20 @@ function Documents({ collection, version, onChanged }) {
             <td>${formatNumber(d.chunks)}</td>
             <td>${formatDate(d.updated_at)}</td>
             <td><button type="button" class="small danger" aria-label=${t("knowledge.deleteDocument", { name: d.title || d.source })}
-              onClick=${() => remove(d)}>${t("common.delete")}</button></td>
+              onClick=${() => setDeleting(d)}>${t("common.delete")}</button></td>
           </tr>`,
         )}
       </tbody>
     </table></div>`}
     <${DocumentDialog} id=${open} onClose=${() => setOpen(null)} />
+    <${Dialog} open=${!!deleting} title=${t("knowledge.deleteDocument", { name: deleting?.title || deleting?.source || "" })}
+      onClose=${() => setDeleting(null)}>
+      <p>${t("knowledge.deleteDocumentConfirm", { name: deleting?.title || deleting?.source || "" })}</p>
+      <div class="actions">
+        <button type="button" class="ghost" onClick=${() => setDeleting(null)}>${t("common.cancel")}</button>
+        <button type="button" class="danger" disabled=${removing} onClick=${() => remove(deleting)}>${t("common.delete")}</button>
+      </div>
+    </${Dialog}>
   </section>`;
 }
 

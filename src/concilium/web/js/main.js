@@ -3,7 +3,7 @@
 import "./env.js";
 import { render } from "preact";
 import { useCallback, useEffect, useState } from "preact/hooks";
-import { ApiError, get, onSession, post, scheduleRefresh, setSession } from "./api.js";
+import { ApiError, get, onSession, post, refresh, scheduleRefresh, setSession } from "./api.js";
 import { LANGUAGES, setLanguage, startI18n, t, useLanguage } from "./i18n.js";
 import { Alert, html, Loading } from "./ui.js";
 import { LoginPage, SetupPage } from "./auth.js";
@@ -94,6 +94,7 @@ function LazyView({ name, ...props }) {
   const [error, setError] = useState(null);
   useEffect(() => {
     let live = true;
+    setError(null);
     lazy[name]()
       .then((component) => live && setLoaded({ name, View: component }))
       .catch((e) => live && setError(e));
@@ -114,10 +115,13 @@ function App() {
   const [setupRequired, setSetupRequired] = useState(false);
   const [notice, setNotice] = useState(null);
 
-  const loadMe = useCallback(async () => {
+  const loadMe = useCallback(async (renew = false) => {
     try {
       setMe(await get("/api/me"));
       setSession(true);
+      // A page opened on an existing session does not know when its token ends: renewing
+      // now starts the schedule that keeps it from ever meeting a 401.
+      if (renew) refresh();
     } catch (error) {
       if (error.status !== 401) setNotice(error);
       setMe(null);
@@ -130,7 +134,7 @@ function App() {
   }, []);
 
   useEffect(() => {
-    loadMe();
+    loadMe(true);
     return onSession(() => {
       setMe(null);
       setNotice(new ApiError(401, { code: "session_expired" }));

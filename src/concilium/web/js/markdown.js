@@ -10,7 +10,16 @@ import DOMPurify from "dompurify";
 import { t } from "./i18n.js";
 
 const marked = new Marked({ gfm: true, breaks: false, async: false });
-const SANITIZE = { USE_PROFILES: { html: true }, FORBID_TAGS: ["style", "form", "input"] };
+// Named properties are prefixed (user-content-…): an answer cannot reuse the page's ids.
+const SANITIZE = {
+  USE_PROFILES: { html: true },
+  FORBID_TAGS: ["style", "form", "input"],
+  SANITIZE_NAMED_PROPS: true,
+};
+const CODE = { ALLOWED_TAGS: ["span"], ALLOWED_ATTR: ["class"] };
+// Safari has no requestIdleCallback: a short timeout stands in.
+const idle = globalThis.requestIdleCallback?.bind(globalThis) ||
+  ((run) => setTimeout(() => run({ didTimeout: true, timeRemaining: () => 0 }), 16));
 
 DOMPurify.addHook("afterSanitizeAttributes", (node) => {
   if (node.tagName === "A") {
@@ -21,6 +30,13 @@ DOMPurify.addHook("afterSanitizeAttributes", (node) => {
 
 const cache = new Map();
 const CACHE_SIZE = 400;
+
+/** The words of a Markdown text, as a screen reader should hear them. */
+export function plainText(text) {
+  const holder = document.createElement("div");
+  holder.innerHTML = renderMarkdown(text);
+  return holder.textContent.replace(/\s+/g, " ").trim();
+}
 
 /** Sanitised HTML for a Markdown text (cached: long conversations reopen their messages). */
 export function renderMarkdown(text) {
@@ -100,7 +116,7 @@ function highlight(root) {
       const entry = blocks.get(data.id);
       blocks.delete(data.id);
       if (!entry || !entry.block.isConnected || entry.block.textContent !== entry.code) return;
-      entry.block.innerHTML = data.html;
+      entry.block.innerHTML = DOMPurify.sanitize(data.html, CODE);
       entry.block.classList.add("hljs");
       if (data.language) entry.block.classList.add(`language-${data.language}`);
     };
@@ -184,9 +200,9 @@ function whenIdle(root, work) {
       if (node.isConnected) job();
     }
     idleScheduled = waiting.size > 0;
-    if (idleScheduled) requestIdleCallback(run, { timeout: 300 });
+    if (idleScheduled) idle(run, { timeout: 300 });
   };
-  requestIdleCallback(run, { timeout: 300 });
+  idle(run, { timeout: 300 });
 }
 
 function finish(root, text, sources) {
@@ -203,6 +219,8 @@ export function Markdown({ text, streaming = false, sources = null, onClick }) {
   useLayoutEffect(() => {
     const root = ref.current;
     if (!root) return;
+    waiting.delete(root);
+    root.classList.remove("plain");
     if (streaming) {
       incremental.current ??= new StreamingMarkdown();
       root.innerHTML = incremental.current.render(text);

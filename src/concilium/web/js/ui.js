@@ -26,6 +26,7 @@ const KNOWN = new Set([
   "validation_error",
   "invalid_request",
   "csrf",
+  "stream_cut",
 ]);
 
 /** What went wrong, in plain words (the server's detail kept as the second line). */
@@ -174,8 +175,9 @@ export function Loading() {
 }
 
 /** Announce text to screen readers (one polite live region for the page). */
+let region = null;
 export function announce(text) {
-  const region = document.getElementById("announcer");
+  region ??= document.getElementById("announcer");
   if (!region) return;
   region.textContent = "";
   requestAnimationFrame(() => {
