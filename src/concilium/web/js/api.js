@@ -109,10 +109,7 @@ export function refresh() {
         signal: AbortSignal.timeout(10000),
       });
       if (!response.ok) return false;
-      const { expires_in: expiresIn } = await response.json();
-      localStorage.setItem(REFRESHED_AT, String(Date.now()));
-      localStorage.setItem(EXPIRES_IN, String(expiresIn));
-      scheduleRefresh(expiresIn);
+      noteTokens((await response.json()).expires_in);
       return true;
     };
     refreshing = oneTabAtATime(run)
@@ -122,6 +119,22 @@ export function refresh() {
       });
   }
   return refreshing;
+}
+
+/** A page opened on an existing session: renew before the token's end, known from the
+ * last renewal any tab of this browser made (else the first 401 renews). */
+export function resumeSchedule() {
+  const at = Number(localStorage.getItem(REFRESHED_AT) || 0);
+  const lasts = Number(localStorage.getItem(EXPIRES_IN) || 0);
+  const left = (at + lasts * 1000 - Date.now()) / 1000;
+  if (at && lasts && left > 0) scheduleRefresh(left);
+}
+
+/** Remember a renewal (sign-in included) for the other tabs and later pages. */
+export function noteTokens(expiresIn) {
+  localStorage.setItem(REFRESHED_AT, String(Date.now()));
+  localStorage.setItem(EXPIRES_IN, String(expiresIn));
+  scheduleRefresh(expiresIn);
 }
 
 let timer = null;

@@ -687,7 +687,7 @@ function RouteChip({ route, reformulation }) {
   if (route.confidence != null) parts.push(`${Math.round(route.confidence * 100)} %`);
   if (route.profile) parts.push(route.profile);
   return html`<details class="route">
-    <summary>${t("chat.route")}: ${parts.join(" · ")}</summary>
+    <summary>${t("chat.routeValue", { value: parts.join(" · ") })}</summary>
     ${route.reason && html`<p>${route.reason}</p>`}
     ${route.collections?.length > 0 && html`<p>${t("chat.collections")}: ${route.collections.join(", ")}</p>`}
     ${reformulation && html`<p>${t("chat.reformulated")}: ${reformulation.query}</p>`}

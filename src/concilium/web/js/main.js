@@ -3,7 +3,7 @@
 import "./env.js";
 import { render } from "preact";
 import { useCallback, useEffect, useState } from "preact/hooks";
-import { ApiError, get, onSession, post, refresh, scheduleRefresh, setSession } from "./api.js";
+import { ApiError, get, noteTokens, onSession, post, resumeSchedule, setSession } from "./api.js";
 import { LANGUAGES, setLanguage, startI18n, t, useLanguage } from "./i18n.js";
 import { Alert, html, Loading } from "./ui.js";
 import { LoginPage, SetupPage } from "./auth.js";
@@ -119,9 +119,7 @@ function App() {
     try {
       setMe(await get("/api/me"));
       setSession(true);
-      // A page opened on an existing session does not know when its token ends: renewing
-      // now starts the schedule that keeps it from ever meeting a 401.
-      if (renew) refresh();
+      if (renew) resumeSchedule();
     } catch (error) {
       if (error.status !== 401) setNotice(error);
       setMe(null);
@@ -142,7 +140,7 @@ function App() {
   }, [loadMe]);
 
   const signedIn = async (expiresIn) => {
-    scheduleRefresh(expiresIn);
+    noteTokens(expiresIn);
     setNotice(null);
     await loadMe();
     if (["login", "setup"].includes(route.view)) navigate("/chat");
