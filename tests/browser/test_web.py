@@ -14,6 +14,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from tests.browser.conftest import (
     ARTIFACTS,
+    CHROMIUM,
     PASSWORD,
     Server,
     Watch,
@@ -602,3 +603,24 @@ def test_a_conversation_of_2000_messages_opens_within_a_second_and_scrolls_witho
     assert best["rows"] < 60, f"{best['rows']} messages in the page: the list is not virtualised"
     assert best["open_ms"] <= 1000, figures
     assert best["long_tasks"] == 0, figures
+
+
+def test_a_plain_http_address_that_drops_the_session_cookie_says_why(
+    browser: Browser, server: Server
+) -> None:
+    """Over plain HTTP on another address than this machine's, the browser refuses the
+    Secure session cookie: the page says so instead of staying on the sign-in form."""
+    server.ensure_admin()
+    port = server.url.rsplit(":", 1)[1]
+    lan = browser.browser_type.launch(
+        executable_path=str(CHROMIUM), args=["--host-resolver-rules=MAP lan.test 127.0.0.1"]
+    )
+    try:
+        page = lan.new_page(locale="en-US")
+        page.goto(f"http://lan.test:{port}/#/login")
+        page.get_by_label("User name").fill("admin")
+        page.get_by_label("Password", exact=True).fill(PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_role("alert")).to_contain_text("refused the session cookie")
+    finally:
+        lan.close()

@@ -142,6 +142,16 @@ function App() {
   const signedIn = async (expiresIn) => {
     noteTokens(expiresIn);
     setNotice(null);
+    try {
+      await get("/api/me");
+    } catch (error) {
+      if (error.status === 401) {
+        // Signed in, yet the session cookie did not come back: the browser refused a Secure
+        // cookie over plain HTTP (an address other than this machine's).
+        setNotice(new ApiError(401, { code: "cookie_refused" }));
+        return;
+      }
+    }
     await loadMe();
     if (["login", "setup"].includes(route.view)) navigate("/chat");
   };

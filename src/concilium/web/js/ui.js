@@ -27,6 +27,7 @@ const KNOWN = new Set([
   "invalid_request",
   "csrf",
   "stream_cut",
+  "cookie_refused",
 ]);
 
 /** What went wrong, in plain words (the server's detail kept as the second line). */
