@@ -401,6 +401,9 @@ def test_every_page_passes_axe_and_the_admin_pages_work(page: Page, server: Serv
 
     page.get_by_role("link", name="Knowledge").click()
     page.get_by_role("heading", name="Knowledge", exact=True).wait_for()
+    # A new view says where the reader is: its title, and the focus on the content.
+    expect(page).to_have_title("Knowledge — Concilium")
+    expect(page.locator("#main")).to_be_focused()
     check("knowledge-page")
 
     page.get_by_role("link", name="Administration").click()

@@ -2,7 +2,7 @@
 
 import "./env.js";
 import { render } from "preact";
-import { useCallback, useEffect, useState } from "preact/hooks";
+import { useCallback, useEffect, useRef, useState } from "preact/hooks";
 import { ApiError, get, noteTokens, onSession, post, resumeSchedule, setSession } from "./api.js";
 import { LANGUAGES, setLanguage, startI18n, t, useLanguage } from "./i18n.js";
 import { Alert, html, Loading } from "./ui.js";
@@ -59,7 +59,24 @@ function Preferences() {
   </div>`;
 }
 
+/** A new view gets the page's title and the focus (screen readers hear where they are). */
+function useViewChange(view) {
+  const first = useRef(true);
+  const language = useLanguage();
+  useEffect(() => {
+    document.title = `${t(`nav.${view}`)} — Concilium`;
+  }, [view, language]);
+  useEffect(() => {
+    if (first.current) {
+      first.current = false;
+      return;
+    }
+    document.getElementById("main")?.focus();
+  }, [view]);
+}
+
 function Shell({ me, route, onLogout, children }) {
+  useViewChange(lazy[route.view] ? route.view : "chat");
   const links = [
     ["chat", t("nav.chat")],
     ["knowledge", t("nav.knowledge")],

@@ -108,7 +108,13 @@ export function Dialog({ open, title, onClose, children, wide = false }) {
   useEffect(() => {
     const dialog = ref.current;
     if (!dialog) return;
-    if (open && !dialog.open) dialog.showModal();
+    if (open && !dialog.open) {
+      dialog.showModal();
+      // The first field, not the close button, takes the focus.
+      requestAnimationFrame(() =>
+        dialog.querySelector(".dialog-body :is(input, select, textarea, button, a[href])")?.focus(),
+      );
+    }
     if (!open && dialog.open) dialog.close();
   }, [open]);
   return html`<dialog
