@@ -67,7 +67,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         openapi_url=None,
     )
     app.state.services = services
-    app.state.web = web.WebAssets()
+    app.state.web = web.package_assets()
     install_error_handlers(app)
     for module in (
         health,

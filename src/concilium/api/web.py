@@ -9,6 +9,7 @@ from this origin and the one inline import map (by its hash), nothing from elsew
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import hashlib
 import mimetypes
@@ -20,7 +21,7 @@ from pathlib import Path
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-__all__ = ["WebAssets", "router", "wants_page"]
+__all__ = ["WebAssets", "package_assets", "router", "wants_page"]
 
 router = APIRouter(include_in_schema=False)
 
@@ -99,6 +100,12 @@ class WebAssets:
             body = asset.gzipped
             headers["Content-Encoding"] = "gzip"
         return Response(body, media_type=asset.media_type, headers=headers)
+
+
+@functools.cache
+def package_assets() -> WebAssets:
+    """The package's page, loaded once per process (every app of the process shares it)."""
+    return WebAssets()
 
 
 def _load(path: Path) -> Asset:
