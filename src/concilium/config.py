@@ -42,6 +42,7 @@ from concilium.agents.settings import (
 from concilium.knowledge.settings import (
     KnowledgeSettings,
 )
+from concilium.memory.settings import MemorySettings
 from concilium.orchestrator.settings import (
     ConsensusProfile,
     ConsensusWorker,
@@ -367,6 +368,7 @@ class Settings(BaseSettings):
     knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
     agents: AgentSettings = Field(default_factory=AgentSettings)
     orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
     backends: dict[str, BackendSettings] = Field(
         default_factory=lambda: {"local": BackendSettings(type="embedded")},
         description="Named backends. Default: one embedded llama.cpp backend called 'local'.",

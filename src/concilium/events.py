@@ -23,6 +23,7 @@ __all__ = [
     "ErrorEvent",
     "Event",
     "EventStream",
+    "MemoryRecalled",
     "MessageStarted",
     "ModeChosen",
     "NativeToolCall",
@@ -159,6 +160,15 @@ class ModeChosen:
     reason: str = ""
     collections: tuple[str, ...] = ()
     profile: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryRecalled:
+    """Long-term memories of the user that went into the prompt. Each: id, text, kind,
+    retention, pinned, score, learnt_at."""
+
+    type: ClassVar[str] = "memory"
+    memories: tuple[dict[str, Any], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,6 +372,7 @@ Event = (
     | ToolResult
     | ApprovalRequired
     | ModeChosen
+    | MemoryRecalled
     | Reformulated
     | WorkerProgress
     | ErrorEvent
@@ -400,9 +411,10 @@ class AnswerRecord:
     backend: BackendSelected | None = None
     sources: Sources | None = None
     route: ModeChosen | None = None
+    memories: MemoryRecalled | None = None
     reformulated: Reformulated | None = None
-    #: How the answer was made, in order: route, reformulation, consensus workers (their
-    #: results, not their starts), the agent's steps.
+    #: How the answer was made, in order: route, memories recalled, reformulation,
+    #: consensus workers (their results, not their starts), the agent's steps.
     steps: list[Event] = field(default_factory=list)
     error: ErrorEvent | None = None
     #: The last event of an answer that ended (cited passages, the consensus summary…).
@@ -421,9 +433,13 @@ class AnswerRecord:
             self.error = event
         elif isinstance(event, Done):
             self.done = event
-        elif isinstance(event, (ModeChosen, Reformulated, WorkerProgress, *AGENT_STEPS)):
+        elif isinstance(
+            event, (ModeChosen, MemoryRecalled, Reformulated, WorkerProgress, *AGENT_STEPS)
+        ):
             if isinstance(event, ModeChosen):
                 self.route = event
+            elif isinstance(event, MemoryRecalled):
+                self.memories = event
             elif isinstance(event, Reformulated):
                 self.reformulated = event
             elif isinstance(event, WorkerProgress) and event.status == "started":

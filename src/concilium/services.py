@@ -42,6 +42,8 @@ from concilium.llm.base import Backend
 from concilium.llm.cache import ResponseCache
 from concilium.llm.registry import build_backends
 from concilium.llm.router import Router
+from concilium.memory.extraction import EXTRACT_JOB, Extractor
+from concilium.memory.service import MemoryService
 from concilium.observability.metrics import Metrics
 from concilium.orchestrator.auto import IntentModeChooser
 from concilium.orchestrator.engine import Orchestrator
@@ -72,6 +74,8 @@ class Services:
     limiter: RateLimiter
     meter: UsageMeter
     knowledge: KnowledgeService
+    memory: MemoryService
+    extractor: Extractor
     tools: ToolExecutor
     approvals: Approvals
     files: WorkspaceFiles
@@ -128,8 +132,31 @@ class Services:
             orchestrator.auto = IntentModeChooser(
                 settings, classifier, rag if isinstance(rag, RagMode) else None
             )
-        chat = ChatService(settings, db, orchestrator, metrics, workspaces, process, bus)
+        memory = MemoryService(
+            settings.memory,
+            db,
+            knowledge.embedders,
+            audit,
+            query_vector=knowledge.retriever.query_vector,
+        )
+        orchestrator.memory = memory
+        tools.services["memory"] = memory
+        extractor = Extractor(memory, router, db)
+        chat = ChatService(
+            settings,
+            db,
+            orchestrator,
+            metrics,
+            workspaces,
+            process,
+            bus,
+            queue=queue,
+            worker=worker,
+            memory=memory,
+            audit=audit,
+        )
         _housekeeping(queue, worker, scheduler, chat, knowledge)
+        _memory_work(settings, worker, scheduler, memory, extractor)
         return cls(
             settings=settings,
             db=db,
@@ -145,6 +172,8 @@ class Services:
             limiter=RateLimiter(settings.limits),
             meter=meter,
             knowledge=knowledge,
+            memory=memory,
+            extractor=extractor,
             tools=tools,
             approvals=Approvals(settings, tools),
             files=WorkspaceFiles(
@@ -237,6 +266,32 @@ def _housekeeping(
     ):
         worker.register(name, handler)
         scheduler.add(Schedule(name, every, name))
+
+
+def _memory_work(
+    settings: Settings,
+    worker: Worker,
+    scheduler: Scheduler,
+    memory: MemoryService,
+    extractor: Extractor,
+) -> None:
+    """Memories taken from finished turns (queued by the chat), and the retention cleanup
+    on its schedule (``memory.cleanup_every_seconds``)."""
+
+    async def extract(context: JobContext) -> None:
+        report = await extractor.from_turn(context.job.payload)
+        context.report(**report.as_dict())
+
+    async def cleanup(context: JobContext) -> None:
+        dry_run = bool(context.job.payload.get("dry_run", False))
+        report = await memory.cleanup(dry_run=dry_run)
+        context.report(removed=report.removed, by_retention=report.by_retention, dry_run=dry_run)
+
+    worker.register(EXTRACT_JOB, extract)
+    worker.register("memory.cleanup", cleanup)
+    scheduler.add(
+        Schedule("memory.cleanup", settings.memory.cleanup_every_seconds, "memory.cleanup")
+    )
 
 
 def _vectoriser(knowledge: KnowledgeService, embedder: str) -> Vectorise:

@@ -10,6 +10,7 @@ import asyncio
 import json
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -59,6 +60,8 @@ class FakeLLMServer:
         #: Behaviour by requested model name (before the queue): parallel callers each
         #: get their own script whatever the order of their requests.
         self.by_model: dict[str, Behaviour] = {}
+        #: Asked first with each request's body: a behaviour, or None for the script.
+        self.responder: Callable[[dict[str, Any]], Behaviour | None] | None = None
 
     def push(self, *behaviours: Behaviour) -> None:
         with self._lock:
@@ -68,6 +71,8 @@ class FakeLLMServer:
         with self._lock:
             self.requests.append(body)
             self.headers.append(dict(request.headers))
+            if self.responder is not None and (made := self.responder(body)) is not None:
+                return made
             if body.get("model") in self.by_model:
                 return self.by_model[body["model"]]
             return self.queue.popleft() if self.queue else self.default

@@ -610,4 +610,7 @@ def builtin_tools(
             knowledge_search,
         )
     ]
+    from concilium.memory.tools import forget, recall, remember
+
+    made += [remember(), recall(), forget()]
     return [*made, ShellTool(shell, sandbox), PythonTool(shell, sandbox), HttpFetchTool(network)]

@@ -93,6 +93,8 @@ class AgentRun:
     message_id: str | None = None
     #: At most this many steps (never more than the settings').
     max_steps: int | None = None
+    #: The user's memories recalled for the task (see ``PromptParts.memory``).
+    memories: Sequence[str] = ()
 
 
 class AgentLoop:
@@ -130,7 +132,11 @@ class AgentLoop:
             built = await self.prompts.build(
                 run.route,
                 PromptParts(
-                    system="\n\n".join(system), tools=prompt, history=turns[:-1], question=turns[-1]
+                    system="\n\n".join(system),
+                    tools=prompt,
+                    memory=run.memories,
+                    history=turns[:-1],
+                    question=turns[-1],
                 ),
                 self.settings.agents.step_tokens,
             )

@@ -25,6 +25,7 @@ from concilium.api.routes import (
     conversations,
     health,
     knowledge,
+    memory,
     models,
     openai,
     stats,
@@ -75,6 +76,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         account,
         workspaces,
         conversations,
+        memory,
         knowledge,
         tools,
         models,
@@ -85,6 +87,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         web,
     ):
         app.include_router(module.router)
+    app.include_router(memory.admin_router)
     if mcp is not None:
         methods = ["GET", "POST", "DELETE"]
         app.router.routes.append(Route("/mcp", mcp, methods=methods, include_in_schema=False))

@@ -142,6 +142,11 @@ class GenerationFields(BaseModel):
     cache: bool | None = Field(
         None, description="Force (true) or bypass (false) the response cache."
     )
+    memory: bool | None = Field(
+        None,
+        description="false: no long-term memory in this answer, recalled or learnt "
+        "(default: the user's and the workspace's switches decide).",
+    )
     stream: bool = Field(False, description="Answer as server-sent events.")
 
     def params(self) -> GenerationParams:
@@ -176,6 +181,7 @@ class GenerationFields(BaseModel):
             ),
             agent=AgentOptions(max_steps=self.agent.max_steps if self.agent else None),
             consensus=ConsensusOptions(profile=self.profile),
+            memory=False if self.memory is False else None,
         )
 
 

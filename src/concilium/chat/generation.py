@@ -38,6 +38,8 @@ class Generation:
         self.saving = False  # past the point where stopping changes anything
         #: Stored, and the final event sent: the conversation may take its next turn.
         self.finished = False
+        #: The user whose memory may learn from this turn once it is complete.
+        self.learner: str | None = None
 
     def push(self, event: Event | None) -> None:
         self._queue.put_nowait(event)

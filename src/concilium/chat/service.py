@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from concilium import errors
+from concilium.auth.audit import Actor, AuditLog
 from concilium.auth.principal import OPERATOR, Principal
 from concilium.auth.quotas import Account
 from concilium.auth.workspaces import Workspaces
@@ -35,7 +36,11 @@ from concilium.events import (
     MessageStarted,
 )
 from concilium.jobs.processes import ProcessRegistry
+from concilium.jobs.queue import JobQueue
+from concilium.jobs.worker import Worker
 from concilium.llm.base import ChatMessage
+from concilium.memory.extraction import EXTRACT_JOB
+from concilium.memory.service import MemoryService
 from concilium.observability.metrics import Metrics
 from concilium.orchestrator.engine import (
     RAG_PREFIX,
@@ -89,8 +94,18 @@ class ChatService:
         workspaces: Workspaces,
         process: ProcessRegistry | None = None,
         bus: EventBus | None = None,
+        *,
+        queue: JobQueue | None = None,
+        worker: Worker | None = None,
+        memory: MemoryService | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.settings = settings
+        #: Where a finished turn's memory extraction goes (None: nothing is learnt).
+        self.queue = queue
+        self.worker = worker
+        self.memory = memory
+        self.audit = audit
         self.bus: EventBus = bus or LocalBus()
         self.db = db
         self.orchestrator = orchestrator
@@ -135,7 +150,10 @@ class ChatService:
         model: str | None = None,
         system_prompt: str | None = None,
         workspace_id: str | None = None,
+        temporary: bool = False,
     ) -> Conversation:
+        """``temporary``: a chat whose answers neither recall long-term memories nor
+        leave any."""
         if model is not None:
             self._check_model(model)  # unknown model → 404 now, not at first turn
         workspace = None
@@ -154,6 +172,7 @@ class ChatService:
                 system_prompt=system_prompt,
                 owner_id=owner.user_id if owner else None,
                 workspace_id=workspace,
+                temporary=temporary,
             )
 
     async def list_conversations(
@@ -215,15 +234,43 @@ class ChatService:
                 conversation.active_leaf_id = active_leaf_id
             return conversation
 
-    async def delete(self, owner: Account | None, conversation_id: str) -> None:
+    async def delete(
+        self,
+        owner: Account | None,
+        conversation_id: str,
+        *,
+        forget_memories: bool = False,
+        actor: Actor | None = None,
+    ) -> int:
+        """Delete a conversation; with ``forget_memories``, also the memories learnt from
+        it (else they stay, without their source). Audited. The memories deleted."""
         async with self.db.reader() as s:
             await self._owned(s, owner, conversation_id, write=True)
-        for generation in list(self._live.values()):
-            if generation.conversation_id == conversation_id:
-                generation.cancel()
-                await generation.wait()
+        await self.stop_answers([conversation_id])
+        forgotten = 0
+        if forget_memories and owner is not None and self.memory is not None:
+            forgotten = await self.memory.delete_from_conversation(
+                owner.user_id, conversation_id, actor=actor
+            )
         async with self.db.session() as s:
             await repo.delete_conversation(s, conversation_id)
+            if self.audit is not None and owner is not None:
+                await self.audit.append(
+                    s,
+                    "conversation.delete",
+                    actor=actor or Actor(user_id=owner.user_id),
+                    target=conversation_id,
+                    details={"memories_deleted": forgotten, "forget_memories": forget_memories},
+                )
+        return forgotten
+
+    async def stop_answers(self, conversation_ids: Sequence[str]) -> None:
+        """Stop this process's live answers in these conversations (they are going)."""
+        wanted = set(conversation_ids)
+        for generation in list(self._live.values()):
+            if generation.conversation_id in wanted:
+                generation.cancel()
+                await generation.wait()
 
     # -- turns --------------------------------------------------------------------------
 
@@ -422,6 +469,8 @@ class ChatService:
         principal: Principal,
     ) -> tuple[Generation, PreparedAnswer]:
         model = options.model or conversation.model or "default"
+        if conversation.temporary:
+            options = replace(options, memory=False)
         account = None
         if owner is not None:  # tokens count against the conversation's workspace
             account = Account(owner.user_id, conversation.workspace_id or owner.workspace_id)
@@ -447,6 +496,8 @@ class ChatService:
             params=params_record(options.params),
         )
         generation = Generation(conversation.id, assistant.id)
+        if owner is not None and options.memory is not False:
+            generation.learner = owner.user_id
         generation.push(MessageStarted(conversation.id, user.id, assistant.id, user.parent_id))
         return generation, prepared
 
@@ -543,6 +594,8 @@ class ChatService:
             save = asyncio.ensure_future(self._save(generation.message_id, fields))
             try:
                 await asyncio.shield(save)
+                if fields.get("status") == MessageStatus.COMPLETE:
+                    await self._learn(generation)
                 self.bus.publish(
                     AnswerCompleted(
                         message_id=generation.message_id,
@@ -566,6 +619,24 @@ class ChatService:
                 if final is not None:
                     generation.push(final)
                 generation.push(None)
+
+    async def _learn(self, generation: Generation) -> None:
+        """Queue the memory extraction of a finished turn (once per answer)."""
+        memory = self.settings.memory
+        if generation.learner is None or self.queue is None or not memory.enabled:
+            return
+        if not memory.extract:
+            return
+        try:
+            await self.queue.enqueue(
+                EXTRACT_JOB,
+                {"user_id": generation.learner, "message_id": generation.message_id},
+                key=f"{EXTRACT_JOB}:{generation.message_id}",
+            )
+            if self.worker is not None:
+                self.worker.notify()
+        except Exception:  # learning is a bonus: the answer is stored all the same
+            log.warning("memory_extraction_not_queued", exc_info=True)
 
     async def _save(self, message_id: str, fields: dict[str, Any]) -> None:
         async with self.db.session() as s:

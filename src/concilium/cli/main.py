@@ -112,6 +112,13 @@ def _register() -> None:
 
     app.add_typer(plugins_app, name="plugins")
 
+    from concilium.cli import memory
+
+    app.add_typer(memory.memory_app, name="memory")
+    knowledge.eval_app.command("memory")(memory.eval_memory)
+    admin.users_app.command("export")(memory.users_export)
+    admin.users_app.command("erase")(memory.users_erase)
+
 
 _register()
 

@@ -133,9 +133,11 @@ class Worker:
 
     # -- one job --------------------------------------------------------------------------
 
-    async def run_one(self, job_id: str | None = None) -> bool:
-        """Claim one due job (or this one) and run it to its end; False if none was due."""
-        job = await self.queue.claim(self.owner, list(self.handlers), self.lease, job_id)
+    async def run_one(self, job_id: str | None = None, kinds: list[str] | None = None) -> bool:
+        """Claim one due job (or this one, or one of these kinds) and run it to its end;
+        False if none was due."""
+        wanted = [k for k in self.handlers if kinds is None or k in kinds]
+        job = await self.queue.claim(self.owner, wanted, self.lease, job_id)
         if job is None:
             return False
         await self._run(job)

@@ -39,6 +39,7 @@ class AgentMode:
             model=request.model,
             message_id=request.message_id,
             max_steps=request.options.agent.max_steps,
+            memories=request.memories,
         )
         if isinstance(prepared.context, Resumption):
             return self.loop.resume(run, prepared.context)

@@ -39,6 +39,7 @@ from concilium.events import (
 from concilium.llm.base import ChatMessage, GenerationParams
 from concilium.llm.router import Router
 from concilium.orchestrator.engine import AnswerRequest, PreparedAnswer
+from concilium.orchestrator.prompt import PromptBuilder
 from concilium.plugins import PluginError, load
 
 __all__ = [
@@ -256,9 +257,13 @@ def _check(obj: Any) -> str | None:
 class ConsensusMode:
     name = "consensus"
 
-    def __init__(self, settings: Settings, router: Router) -> None:
+    def __init__(
+        self, settings: Settings, router: Router, prompts: PromptBuilder | None = None
+    ) -> None:
         self.settings = settings
         self.router = router
+        #: Puts the user's recalled memories in each worker's prompt, within its share.
+        self.prompts = prompts
         self.strategies: dict[str, ConsensusStrategy] = {
             name: cls(router) for name, (_, cls) in load("strategies", _check).items()
         }
@@ -306,6 +311,19 @@ class ConsensusMode:
         name = self._label(index, worker)
         await queue.put(WorkerProgress(index, name, worker.model, "started"))
         messages = list(request.messages)
+        if request.memories and self.prompts is not None:
+            question = next(m for m in reversed(messages) if m.role == "user")
+            try:
+                notes = await self.prompts.memory_text(
+                    self.router.resolve(worker.model),
+                    request.memories,
+                    worker.max_tokens or params.max_tokens or self.settings.chat.max_tokens,
+                    question,
+                )
+            except ConciliumError:
+                notes = ""  # an unknown model: the worker reports it below
+            if notes:
+                messages = [ChatMessage("system", notes), *messages]
         if worker.system_prompt:
             messages = [ChatMessage("system", worker.system_prompt), *messages]
         params = replace(

@@ -22,6 +22,7 @@ from concilium.events import (
     ErrorEvent,
     Event,
     EventStream,
+    MemoryRecalled,
     ModeChosen,
     Usage,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "ModeChooser",
     "Orchestrator",
     "PreparedAnswer",
+    "Recall",
     "check_sizes",
     "expand_model_id",
 ]
@@ -100,7 +102,12 @@ class DirectMode:
             if turns:
                 built = await self.prompts.build(
                     prepared.route,
-                    PromptParts(system=system, history=turns[:-1], question=turns[-1]),
+                    PromptParts(
+                        system=system,
+                        memory=req.memories,
+                        history=turns[:-1],
+                        question=turns[-1],
+                    ),
                     req.params.max_tokens or self.router.settings.chat.max_tokens,
                 )
                 messages = built.messages
@@ -119,6 +126,15 @@ def _announced(decision: ModeChosen) -> bool:
     if decision.method == "default":
         return False
     return decision.method != "requested" or decision.profile is not None
+
+
+class Recall(Protocol):
+    """Long-term memory as answers see it: what to bring into this request's prompt."""
+
+    async def recall_for(self, request: AnswerRequest) -> Sequence[Any]:
+        """Memories (each with ``note()`` and ``to_dict()``), best first; none when the
+        request has no user or memory is off for it."""
+        ...
 
 
 class ModeChooser(Protocol):
@@ -154,6 +170,7 @@ class Orchestrator:
         #: The answer modes by name (the installed mode plugins, see ``modes.py``).
         self.modes: dict[str, Mode] = {}
         self.auto: ModeChooser | None = None
+        self.memory: Recall | None = None
 
     def register_mode(self, mode: Mode) -> None:
         self.modes[mode.name] = mode
@@ -208,6 +225,13 @@ class Orchestrator:
         if prepared.decision is not None and _announced(prepared.decision):
             yield prepared.decision
         try:
+            recalled = await self._recall(prepared)
+            if recalled:
+                yield MemoryRecalled(tuple(m.to_dict() for m in recalled))
+                # Oldest first: later facts read as later, and the same memories make
+                # the same prompt prefix from one turn to the next (the engine reuses it).
+                memories = tuple(m.note() for m in sorted(recalled, key=lambda m: m.learnt_at))
+                prepared = replace(prepared, request=replace(prepared.request, memories=memories))
             async for event in self.modes[prepared.mode].run(prepared):
                 if isinstance(event, BackendSelected):
                     cached = event.cached
@@ -223,6 +247,18 @@ class Orchestrator:
         except Exception:
             log.exception("answer_crashed", model=prepared.route.model)
             yield ErrorEvent("internal_error", "the answer failed because of an internal error")
+
+    async def _recall(self, prepared: PreparedAnswer) -> Sequence[Any]:
+        """The user's memories for this answer; a failing memory never fails it."""
+        if self.memory is None or prepared.request.account is None or prepared.request.memories:
+            return ()
+        if prepared.decision is None:
+            return ()  # an agent run resuming: its prompt was built when it began
+        try:
+            return await self.memory.recall_for(prepared.request)
+        except Exception:
+            log.exception("memory_recall_failed")
+            return ()
 
     async def _record(self, account: Account, usage: Usage) -> None:
         assert self.meter is not None

@@ -50,7 +50,7 @@ def agent(context: ModeContext) -> Mode:
 def consensus(context: ModeContext) -> Mode:
     from concilium.orchestrator.consensus import ConsensusMode
 
-    return ConsensusMode(context.settings, context.router)
+    return ConsensusMode(context.settings, context.router, context.prompts)
 
 
 def _check(obj: Any) -> str | None:

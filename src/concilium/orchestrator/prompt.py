@@ -36,6 +36,16 @@ _SUMMARY_HEAD = {
     "en": "Summary of the earlier conversation:",
     "fr": "Résumé du début de la conversation :",
 }
+_MEMORY_HEAD = {
+    "en": (
+        "What you remember about the user from earlier conversations (the date is when "
+        "you learnt it; use it when it helps, do not mention it otherwise):"
+    ),
+    "fr": (
+        "Ce que tu sais de l'utilisateur grâce aux conversations précédentes (la date est "
+        "celle où tu l'as appris ; sers-t'en quand c'est utile, sans en parler sinon) :"
+    ),
+}
 _SUMMARISE = {
     "en": (
         "Summarise this conversation in a few sentences for someone who will continue "
@@ -125,7 +135,7 @@ class PromptBuilder:
             len(text.encode()) <= self.budget(route, part, max_tokens)
             for part, text in (("system", parts.system), ("memory", "\n".join(parts.memory)))
         ):
-            memory = "\n".join(_note(n) for n in parts.memory)
+            memory = _memory_block([_note(n) for n in parts.memory], parts.question)
             return BuiltPrompt(
                 _messages([parts.tools, parts.system, memory], parts.history, parts.question),
                 window,
@@ -139,7 +149,7 @@ class PromptBuilder:
         # their share comes out of the conversation's room.
         tools = parts.tools
         tools_used = (await self.count(route, [tools]))[0] if tools else 0
-        memory, memory_used = await self._memory(route, parts.memory, max_tokens)
+        memory, memory_used = await self._memory(route, parts.memory, max_tokens, parts.question)
         head = "\n\n".join(p for p in (tools, system, memory) if p)
         question = parts.question
         asked = (await self.count(route, [question.content]))[0] if question else 0
@@ -161,17 +171,31 @@ class PromptBuilder:
         )
         return BuiltPrompt(_messages([head, summary], history, question), window, report)
 
-    async def _memory(self, route: Route, notes: Sequence[str], max_tokens: int) -> tuple[str, int]:
+    async def _memory(
+        self,
+        route: Route,
+        notes: Sequence[str],
+        max_tokens: int,
+        question: ChatMessage | None = None,
+    ) -> tuple[str, int]:
         budget = self.budget(route, "memory", max_tokens)
         kept: list[str] = []
-        spent = 0
         sizes = await self.count(route, list(notes)) if notes else []
+        spent = (await self.count(route, [_MEMORY_HEAD["fr"]]))[0] if notes else 0
         for note, size in zip(notes, sizes, strict=True):
             if spent + size > budget:
                 break
             kept.append(_note(note))
             spent += size
-        return ("\n".join(kept), spent) if kept else ("", 0)
+        return (_memory_block(kept, question), spent) if kept else ("", 0)
+
+    async def memory_text(
+        self, route: Route, notes: Sequence[str], max_tokens: int, question: ChatMessage
+    ) -> str:
+        """The memory notes as a prompt part of their own, within the memory share (for
+        modes that build their prompts themselves)."""
+        text, _ = await self._memory(route, notes, max_tokens, question)
+        return text
 
     async def _history(
         self, route: Route, history: Sequence[ChatMessage], room: int
@@ -248,6 +272,14 @@ class PromptBuilder:
 
 def _note(text: str) -> str:
     return f"- {text.strip()}"
+
+
+def _memory_block(notes: Sequence[str], question: ChatMessage | None) -> str:
+    """The notes under a heading in the question's language."""
+    if not notes:
+        return ""
+    language = "fr" if question is not None and detect_language(question.content) == "fr" else "en"
+    return "\n".join([_MEMORY_HEAD[language], *notes])
 
 
 def _messages(

@@ -182,6 +182,7 @@ class RagMode:
             prepared.route,
             PromptParts(
                 system="\n\n".join([*system, _INSTRUCTIONS[language]]),
+                memory=request.memories,
                 history=history[:last],
                 question=ChatMessage("user", asked),
             ),

@@ -98,6 +98,9 @@ class AnswerOptions:
     retrieval: RetrievalOptions = field(default_factory=RetrievalOptions)
     agent: AgentOptions = field(default_factory=AgentOptions)
     consensus: ConsensusOptions = field(default_factory=ConsensusOptions)
+    #: Long-term memory: False keeps it out of this answer (a temporary chat); None: the
+    #: user's and the workspace's switches decide.
+    memory: bool | None = None
 
     @property
     def collections(self) -> tuple[str, ...]:
@@ -116,6 +119,9 @@ class AnswerRequest:
     account: Account | None = None
     #: The stored assistant message this answer fills, when it is a conversation turn.
     message_id: str | None = None
+    #: Memories of the user recalled for this answer, as the model reads them (set by
+    #: the orchestrator; each mode puts them in its prompt).
+    memories: tuple[str, ...] = ()
 
     @property
     def model(self) -> str:

@@ -38,9 +38,14 @@ async def create_conversation(
     system_prompt: str | None,
     owner_id: str | None = None,
     workspace_id: str | None = None,
+    temporary: bool = False,
 ) -> Conversation:
     conversation = Conversation(
-        model=model, system_prompt=system_prompt, owner_id=owner_id, workspace_id=workspace_id
+        model=model,
+        system_prompt=system_prompt,
+        owner_id=owner_id,
+        workspace_id=workspace_id,
+        temporary=temporary,
     )
     if title:
         conversation.title = title

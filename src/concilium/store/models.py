@@ -43,6 +43,8 @@ __all__ = [
     "JobRecord",
     "LeaseRecord",
     "Membership",
+    "MemoryRecord",
+    "MemoryRevision",
     "Message",
     "MessageStatus",
     "ProcessRecord",
@@ -131,6 +133,8 @@ class Conversation(Base):
     system_prompt: Mapped[str | None] = mapped_column(Text)
     #: Last message of the branch the user is on; new messages attach below it.
     active_leaf_id: Mapped[str | None] = mapped_column(String(32))
+    #: A temporary chat: long-term memory is neither recalled in it nor taken from it.
+    temporary: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow, index=True)
 
@@ -238,6 +242,8 @@ class Workspace(Base):
     created_by: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     daily_token_quota: Mapped[int | None] = mapped_column(BigInteger)
     monthly_token_quota: Mapped[int | None] = mapped_column(BigInteger)
+    #: Long-term memory of its members' conversations in it (recall and extraction).
+    memory_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -595,3 +601,59 @@ class LeaseRecord(Base):
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     holder: Mapped[str] = mapped_column(String(32))
     expires_at: Mapped[datetime] = mapped_column()
+
+
+class MemoryRecord(Base):
+    """A long-term memory of one user: what was learnt, where from, how long it is kept.
+
+    A memory replaced by a newer one keeps its text with ``valid_until`` set (and
+    ``superseded_by``): it is history, never recalled as current. ``expires_at`` comes
+    from the retention class (None: kept for ever)."""
+
+    __tablename__ = "memories"
+    __table_args__ = (Index("ix_memories_user_current", "user_id", "valid_until"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    #: Recalled only in this workspace's conversations; None: in all of the user's.
+    workspace_id: Mapped[str | None] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), index=True
+    )
+    text: Mapped[str] = mapped_column(Text)
+    #: fact, preference, event, person, instruction
+    kind: Mapped[str] = mapped_column(String(16), default="fact")
+    #: permanent, important, normal, temporary, auto_delete
+    retention: Mapped[str] = mapped_column(String(16), default="normal")
+    expires_at: Mapped[datetime | None] = mapped_column(index=True)
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: extracted (from a conversation), user, agent
+    origin: Mapped[str] = mapped_column(String(16), default="user")
+    source_conversation_id: Mapped[str | None] = mapped_column(
+        ForeignKey("conversations.id", ondelete="SET NULL"), index=True
+    )
+    source_message_id: Mapped[str | None] = mapped_column(
+        ForeignKey("messages.id", ondelete="SET NULL")
+    )
+    #: The normalised text's hash: the same fact twice is one memory.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    embedder: Mapped[str] = mapped_column(String(100))
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    valid_from: Mapped[datetime] = mapped_column(default=utcnow)
+    valid_until: Mapped[datetime | None] = mapped_column()
+    superseded_by: Mapped[str | None] = mapped_column(String(32))
+    recall_count: Mapped[int] = mapped_column(Integer, default=0)
+    last_recalled_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class MemoryRevision(Base):
+    """Bumped with every change to a user's memories: a process's cached vectors of that
+    user are current while their revision matches."""
+
+    __tablename__ = "memory_revisions"
+
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    revision: Mapped[int] = mapped_column(Integer, default=0)

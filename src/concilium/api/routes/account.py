@@ -6,12 +6,15 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response, status
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from concilium.api.deps import CurrentPrincipal, ServicesDep
 from concilium.api.routes.auth import DisplayName, Email, Password, UserOut
 from concilium.api.schemas import ID_PATTERN, Id, SafeText, problem_responses
 from concilium.auth.quotas import Account, Spent
+from concilium.errors import Forbidden
+from concilium.privacy import erase_user, export_user
 from concilium.services import Services
 
 __all__ = ["router"]
@@ -177,3 +180,48 @@ async def revoke_key(
 ) -> Response:
     await services.auth.revoke_api_key(principal, key_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+class EraseConfirm(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    password: Password = Field(description="The account's password, to confirm.")
+
+
+class Erased(BaseModel):
+    memories: int
+    conversations: int
+    collections: int
+
+
+def export_response(data: dict[str, Any], username: str) -> JSONResponse:
+    day = datetime.now(UTC).strftime("%Y%m%d")
+    return JSONResponse(
+        data,
+        headers={
+            "Content-Disposition": f'attachment; filename="concilium-{username}-{day}.json"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+@router.get("/me/export", response_class=JSONResponse)
+async def export_me(principal: CurrentPrincipal, services: ServicesDep) -> JSONResponse:
+    """All of the caller's data as one JSON file: profile, memories, conversations,
+    documents' metadata, workspaces, keys (not their secrets), usage. Audited."""
+    data = await export_user(services, principal.user_id, actor=principal.actor)
+    return export_response(data, principal.username)
+
+
+@router.post("/me/erase", response_model=Erased)
+async def erase_me(
+    body: EraseConfirm, principal: CurrentPrincipal, services: ServicesDep
+) -> Erased:
+    """Delete the account and all of its data (memories, conversations, the personal
+    workspace and its collections). Irreversible; audited."""
+    user = await services.auth.get_user(principal.user_id)
+    if not await services.auth.passwords.verify(user.password_hash, body.password):
+        await services.auth.audit.record(
+            "privacy.erase", actor=principal.actor, outcome="failure", target=f"user:{user.id}"
+        )
+        raise Forbidden("the password is wrong")
+    return Erased(**await erase_user(services, principal.user_id, actor=principal.actor))

@@ -6,13 +6,15 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response, status
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from concilium.api.deps import AdminPrincipal, ServicesDep
-from concilium.api.routes.account import KeyOut, UsageOut, usage_report
+from concilium.api.routes.account import Erased, KeyOut, UsageOut, export_response, usage_report
 from concilium.api.routes.auth import DisplayName, Email, Password, SessionOut, Username, UserOut
 from concilium.api.schemas import ID_PATTERN, problem_responses
 from concilium.auth.audit import entry_to_dict
+from concilium.privacy import erase_user, export_user
 from concilium.store.models import AuditEntry
 
 __all__ = ["router"]
@@ -136,6 +138,23 @@ async def reset_password(
     """Set a new password; the user's sessions end and any lockout is lifted."""
     await services.auth.reset_password(principal.actor, user_id, body.new_password)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/users/{user_id}/export", response_class=JSONResponse)
+async def export_a_user(
+    user_id: AnyId, principal: AdminPrincipal, services: ServicesDep
+) -> JSONResponse:
+    """All of a user's data as one JSON file (a subject access request). Audited."""
+    user = await services.auth.get_user(user_id)
+    return export_response(
+        await export_user(services, user.id, actor=principal.actor), user.username
+    )
+
+
+@router.post("/users/{user_id}/erase", response_model=Erased)
+async def erase_a_user(user_id: AnyId, principal: AdminPrincipal, services: ServicesDep) -> Erased:
+    """Delete a user and all of their data (a request to be forgotten). Audited."""
+    return Erased(**await erase_user(services, user_id, actor=principal.actor))
 
 
 @router.get("/users/{user_id}/usage", response_model=UsageOut)

@@ -20,6 +20,7 @@ from concilium.api.schemas import (
     problem_responses,
 )
 from concilium.api.streaming import event_stream_response, until_disconnect
+from concilium.auth.audit import Actor
 from concilium.auth.quotas import Account
 from concilium.chat.search import MAX_QUERY_CHARS, SNIPPET_CHARS
 from concilium.chat.service import ChatService, Generation, error_for
@@ -50,6 +51,9 @@ class ConversationCreate(BaseModel):
     title: Title | None = None
     model: ModelName | None = None
     system_prompt: SystemPrompt | None = None
+    temporary: bool = Field(
+        False, description="A temporary chat: long-term memory neither recalled nor learnt."
+    )
 
 
 class ConversationUpdate(BaseModel):
@@ -68,6 +72,7 @@ class ConversationOut(BaseModel):
     model: str | None
     system_prompt: str | None
     active_leaf_id: str | None
+    temporary: bool
     created_at: datetime
     updated_at: datetime
 
@@ -214,6 +219,7 @@ async def create_conversation(
         model=body.model,
         system_prompt=body.system_prompt,
         workspace_id=body.workspace_id,
+        temporary=body.temporary,
     )
 
 
@@ -277,9 +283,21 @@ async def update_conversation(
 
 @router.delete("/{conversation_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_conversation(
-    conversation_id: ConversationId, chat: ChatDep, principal: ChatPrincipal
+    conversation_id: ConversationId,
+    chat: ChatDep,
+    principal: ChatPrincipal,
+    forget_memories: Annotated[
+        bool, Query(description="Also delete the memories learnt from it.")
+    ] = False,
 ) -> Response:
-    await chat.delete(owner(principal), conversation_id)
+    """Audited. The memories learnt from it stay (without their source) unless
+    ``forget_memories``."""
+    await chat.delete(
+        owner(principal),
+        conversation_id,
+        forget_memories=forget_memories,
+        actor=Actor(user_id=principal.user_id, key_id=principal.api_key_id, ip=principal.ip),
+    )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
