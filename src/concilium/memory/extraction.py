@@ -26,7 +26,7 @@ from concilium.events import Token
 from concilium.knowledge.language import detect_language
 from concilium.llm.base import ChatMessage, GenerationParams, ResponseFormat
 from concilium.llm.router import Router
-from concilium.memory.retention import KINDS, Retention, classify, fold
+from concilium.memory.retention import classify, fold
 from concilium.memory.service import MemoryService, Recalled
 from concilium.store.db import Database
 from concilium.store.models import Conversation, Message, Workspace
@@ -36,37 +36,30 @@ __all__ = ["EXTRACT_JOB", "ExtractionReport", "Extractor", "Note"]
 log = structlog.get_logger(__name__)
 
 EXTRACT_JOB = "memory.extract"
-_MAX_NOTES = 6
-_MIN_CHARS, _MAX_CHARS = 8, 300
+_MAX_NOTES = 4
+_MIN_CHARS, _MAX_CHARS = 8, 200
 
 _INSTRUCTIONS = {
     "en": (
-        "You keep notes about the user for later conversations. Read the user's message "
-        "and note what it tells about the user that will still be useful later: facts "
-        "about them (health, family, home, work, pets, belongings, plans and dates), their "
-        "likes and dislikes, and how they want to be answered. Write each note as one short "
-        'sentence in the third person that starts with "The user", keeping names, numbers '
-        "and dates. Do not note questions, greetings, general knowledge, what the assistant "
-        "said, or things about other people that say nothing about the user. When the user "
-        'says something is no longer true, note the new situation ("The user no longer '
-        'lives in Lyon.") with action "remember". When the user asks you to forget '
-        'something, write a note naming it with action "forget". Most messages hold '
-        "nothing worth noting: then return an empty list."
+        "You keep notes about the user for later conversations. From the user's message, "
+        "note only what it tells about the user that will still matter later: facts about "
+        "them (health, family, home, work, pets, belongings, plans with their dates), what "
+        "they like or dislike, and how they want to be answered. Each note is one short "
+        'sentence that starts with "The user" and keeps names, numbers and dates. Never '
+        "note questions, greetings, general knowledge, the assistant's words, or facts "
+        "about other people alone. If something the user said before is no longer true, "
+        "note the new situation."
     ),
     "fr": (
-        "Tu prends des notes sur l'utilisateur pour les conversations suivantes. Lis le "
-        "message de l'utilisateur et note ce qu'il dit de lui qui restera utile plus tard : "
+        "Tu prends des notes sur l'utilisateur pour les conversations suivantes. Du message "
+        "de l'utilisateur, note seulement ce qu'il dit de lui qui comptera encore plus tard : "
         "des faits le concernant (santé, famille, logement, travail, animaux, biens, projets "
-        "et dates), ce qu'il aime ou n'aime pas, et comment il veut qu'on lui réponde. "
-        "Écris chaque note en une phrase courte à la troisième personne qui commence par "
-        "« L'utilisateur », en gardant les noms, les nombres et les dates. Ne note pas les "
-        "questions, les salutations, les connaissances générales, ce que dit l'assistant, "
-        "ni ce qui concerne d'autres personnes sans rien dire de l'utilisateur. Quand "
-        "l'utilisateur dit que quelque chose n'est plus vrai, note la nouvelle situation "
-        "(« L'utilisateur n'habite plus à Lyon. ») avec l'action « remember ». Quand "
-        "l'utilisateur demande d'oublier quelque chose, écris une note qui le nomme avec "
-        "l'action « forget ». La plupart des messages ne contiennent rien à noter : "
-        "renvoie alors une liste vide."
+        "avec leurs dates), ce qu'il aime ou non, et comment il veut qu'on lui réponde. "
+        "Chaque note est une phrase courte qui commence par « L'utilisateur » et garde les "
+        "noms, les nombres et les dates. Ne note jamais les questions, les salutations, les "
+        "connaissances générales, les paroles de l'assistant, ni ce qui ne concerne que "
+        "d'autres personnes. Si une chose dite avant n'est plus vraie, note la nouvelle "
+        "situation."
     ),
 }
 _LAYOUT = {
@@ -101,17 +94,74 @@ _NOTES_SCHEMA: dict[str, Any] = {
             "items": {
                 "type": "object",
                 "properties": {
-                    "action": {"type": "string", "enum": ["remember", "forget"]},
-                    "text": {"type": "string"},
-                    "kind": {"type": "string", "enum": list(KINDS)},
-                    "retention": {"type": "string", "enum": [r.value for r in Retention]},
+                    "text": {"type": "string", "maxLength": _MAX_CHARS},
+                    # Permanent is the user's choice alone, never the model's.
+                    "keep": {
+                        "type": "string",
+                        "enum": ["important", "normal", "temporary", "auto_delete"],
+                    },
                 },
-                "required": ["action", "text", "kind", "retention"],
+                "required": ["text", "keep"],
             },
         }
     },
     "required": ["notes"],
 }
+_FORGET_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "forget": {"type": "array", "maxItems": 2, "items": {"type": "string", "maxLength": 120}}
+    },
+    "required": ["forget"],
+}
+_FORGET_PROMPT = {
+    "en": (
+        "The user asks you to forget something. What, in a few words for each thing? "
+        'Reply with JSON: {{"forget": ["..."]}}\n\nUser\'s message:\n{message}'
+    ),
+    "fr": (
+        "L'utilisateur te demande d'oublier quelque chose. Quoi, en quelques mots pour "
+        'chaque chose ? Réponds en JSON : {{"forget": ["..."]}}\n\nMessage de '
+        "l'utilisateur :\n{message}"
+    ),
+}
+#: Worked examples shown before each message: what to note and what not. A note copied
+#: from them names things the user never said: ``_grounded`` refuses it.
+_SHOTS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
+    "en": (
+        ("Thanks! What's the capital of Peru?", {"notes": []}),
+        (
+            "Morning! My sister Julie just had twins, and I quit smoking last week. Can you "
+            "suggest a name for my new bakery? Also I'm lactose intolerant, so no milk ideas.",
+            {
+                "notes": [
+                    {"text": "The user quit smoking in late December 2023.", "keep": "important"},
+                    {"text": "The user is opening a bakery.", "keep": "normal"},
+                    {"text": "The user is lactose intolerant.", "keep": "important"},
+                ]
+            },
+        ),
+    ),
+    "fr": (
+        ("Merci ! Quelle est la capitale du Pérou ?", {"notes": []}),
+        (
+            "Salut ! Ma sœur Julie vient d'avoir des jumeaux, et j'ai arrêté de fumer la "
+            "semaine dernière. Tu peux me proposer un nom pour ma future boulangerie ? "
+            "Je suis intolérant au lactose, donc pas d'idées avec du lait.",
+            {
+                "notes": [
+                    {
+                        "text": "L'utilisateur a arrêté de fumer fin décembre 2023.",
+                        "keep": "important",
+                    },
+                    {"text": "L'utilisateur ouvre une boulangerie.", "keep": "normal"},
+                    {"text": "L'utilisateur est intolérant au lactose.", "keep": "important"},
+                ]
+            },
+        ),
+    ),
+}
+_SHOT_DATES = ("2024-01-04", "2024-01-05")
 _VERDICT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -124,7 +174,28 @@ _VERDICT_SCHEMA: dict[str, Any] = {
 _CHANGE = re.compile(
     r"\b(no longer|not anymore|any more|anymore|now lives|has moved|moved to|changed|"
     r"switched|instead|stopped|quit|ne \w+ plus|n \w+ plus|plus allergique|desormais|"
-    r"finalement|a demenage|demenage|a change|maintenant|a arrete|arrete de|a quitte)\b"
+    r"finalement|a demenage|demenage|a change|maintenant|a arrete|arrete de|a quitte"
+    r"|moving to|is moving|will move|new job|now works|va demenager|nouveau travail)\b"
+)
+_PREFERENCE = re.compile(
+    r"\b(likes?|loves?|prefers?|enjoys?|hates?|dislikes?|favou?rite|fan of|can t stand"
+    r"|aime|adore|prefere|deteste|favori|favorite|raffole|ne supporte pas)\b"
+)
+_EVENT = re.compile(
+    r"\b(appointment|meeting|trip|flight|wedding|birthday party|exam|interview|next (week|month)"
+    r"|rendez vous|reunion|voyage|vol|mariage|examen|entretien|la semaine prochaine"
+    r"|le mois prochain)\b"
+)
+_INSTRUCTION = re.compile(
+    r"\b(wants answers|wants replies|call (him|her|them|the user)|answer in|reply in"
+    r"|veut des reponses|veut qu on|appeler|repondre en|tutoie|vouvoie)\b"
+)
+#: About the user: the notes say so (they are asked to start with it).
+_ABOUT_USER = re.compile(r"\b(the user|user s|users|l utilisateur|l utilisatrice)\b")
+#: The user asked to forget something (a "forget" note counts only then).
+_FORGET_ASKED = re.compile(
+    r"\b(forget|erase|delete|remove|don t remember|oublie|oubliez|oublier|efface|effacez"
+    r"|supprime|supprimez|ne retiens pas)\b"
 )
 _STOP = frozenset(
     [
@@ -231,21 +302,45 @@ def _copies(note: str, text: str) -> bool:
 
 
 def parse_notes(raw: str) -> list[Note]:
-    """The notes of a model's reply; malformed entries are skipped."""
+    """The notes of a model's reply; malformed entries are skipped. The kind is the
+    rules' (see ``kind_of``), the retention class the model's proposal."""
     try:
         data = json.loads(raw)
     except ValueError:
         return []
-    items = data.get("notes") if isinstance(data, dict) else None
+    kept = data.get("notes") if isinstance(data, dict) else None
     notes = []
-    for item in items if isinstance(items, list) else []:
-        if not isinstance(item, dict) or not isinstance(item.get("text"), str):
-            continue
-        action = str(item["action"]) if item.get("action") == "forget" else "remember"
-        kind = str(item["kind"]) if item.get("kind") in KINDS else "fact"
-        retention = str(item.get("retention") or "")
-        notes.append(Note(action, " ".join(item["text"].split()), kind, retention))
+    for item in kept if isinstance(kept, list) else []:
+        text = item.get("text") if isinstance(item, dict) else item
+        if isinstance(text, str) and text.strip():
+            keep = str(item.get("keep") or "") if isinstance(item, dict) else ""
+            text = third_person(" ".join(text.split()))
+            notes.append(Note("remember", text, kind_of(text), keep))
     return notes[:_MAX_NOTES]
+
+
+_FIRST_PERSON = re.compile(r"^(i|i m|i ve|i d|i ll|my|me|je|j|moi|ma|mon|mes|nous|on)\b")
+
+
+def third_person(text: str) -> str:
+    """A note the model left in the user's own words, marked as theirs."""
+    if not _FIRST_PERSON.match(fold(text)):
+        return text
+    if _language(text) == "fr":
+        return f"L'utilisateur a dit : « {text} »"
+    return f'The user said: "{text}"'
+
+
+def kind_of(text: str) -> str:
+    """What a note is about, by its words."""
+    folded = fold(text)
+    if _INSTRUCTION.search(folded):
+        return "instruction"
+    if _PREFERENCE.search(folded):
+        return "preference"
+    if _EVENT.search(folded):
+        return "event"
+    return "fact"
 
 
 class Extractor:
@@ -275,17 +370,28 @@ class Extractor:
 
     async def notes(self, message: str, *, before: str = "", date: str = "") -> list[Note]:
         """What the model notes from one user message (``before``: the assistant's words
-        it answers)."""
+        it answers); with "forget" notes when the user asks to forget something."""
         language = _language(message)
+        layout = _LAYOUT[language]
+        prompt = [ChatMessage("system", _INSTRUCTIONS[language])]
+        for day, (example, reply) in zip(_SHOT_DATES, _SHOTS[language], strict=True):
+            prompt.append(ChatMessage("user", layout.format(date=day, context="", message=example)))
+            prompt.append(ChatMessage("assistant", json.dumps(reply, ensure_ascii=False)))
         context = _CONTEXT[language].format(text=before[:600]) if before.strip() else ""
-        prompt = [
-            ChatMessage("system", _INSTRUCTIONS[language]),
-            ChatMessage(
-                "user",
-                _LAYOUT[language].format(date=date, context=context, message=message[:4000]),
-            ),
-        ]
-        return parse_notes(await self._ask(prompt, _NOTES_SCHEMA, 320))
+        prompt.append(
+            ChatMessage("user", layout.format(date=date, context=context, message=message[:4000]))
+        )
+        notes = parse_notes(await self._ask(prompt, _NOTES_SCHEMA, 240))
+        if _FORGET_ASKED.search(fold(message)):
+            asked = [ChatMessage("user", _FORGET_PROMPT[language].format(message=message[:4000]))]
+            try:
+                data = json.loads(await self._ask(asked, _FORGET_SCHEMA, 80))
+            except (ValueError, ConciliumError):
+                data = {}
+            for text in data.get("forget", []) if isinstance(data, dict) else []:
+                if isinstance(text, str) and text.strip():
+                    notes.append(Note("forget", " ".join(text.split()), "fact", ""))
+        return notes
 
     async def _verdict(self, note: str, known: Sequence[Recalled]) -> tuple[str, int] | None:
         language = _language(note)
@@ -324,6 +430,12 @@ class Extractor:
             if any(_copies(text, g) for g in guards):
                 report.rejected += 1
                 continue
+            if note.action == "forget" and not _FORGET_ASKED.search(fold(said)):
+                report.rejected += 1  # small models invent requests to forget
+                continue
+            if note.action == "remember" and not _ABOUT_USER.search(fold(text)):
+                report.rejected += 1  # about someone else, or general knowledge
+                continue
             near = [
                 m
                 for m in await self.memory.search(user_id, text, k=3, workspace_id=workspace_id)
@@ -336,7 +448,8 @@ class Extractor:
                 if not near:
                     report.unchanged += 1
                 continue
-            retention = classify(text, note.kind, note.retention).value
+            proposed = None if note.retention == "permanent" else note.retention
+            retention = classify(text, note.kind, proposed).value
             fields: dict[str, Any] = {
                 "kind": note.kind,
                 "retention": retention,
