@@ -61,6 +61,16 @@ def _body(method: str, path: str) -> dict[str, Any] | None:
         return {"name": "k", "scopes": ["chat"]}
     if path.endswith("/quota"):
         return {"daily_token_quota": 1}
+    if path == "/api/memories" and method == "POST":
+        return {"text": "bob's note"}
+    if path.startswith("/api/memories/") and method == "PATCH":
+        return {"pinned": True}
+    if path == "/api/memories/settings":
+        return {"enabled": False}
+    if path == "/api/memories/forget":
+        return {"query": "secret"}
+    if path == "/api/me/erase":
+        return {"password": "not the right one"}
     if path == "/api/admin/users" and method == "POST":
         return {"username": "mallory", "password": "a fresh long passphrase"}
     return {}
@@ -90,6 +100,8 @@ def world(fake_live: tuple[Live, FakeOpenAI]) -> dict[str, Any]:
     assert wait_for_job(alice_session, job["id"])["status"] == "completed"
     [document] = alice_session.get(f"/api/collections/{collection['id']}/documents").json()["items"]
     approval = live.server.run(_paused_call(live, alice["id"], alice["personal_workspace_id"]))
+    memory = alice_client.post("/api/memories", json={"text": "The user's secret is 1234."})
+    assert memory.status_code == 201, memory.text
     stored = alice_session.put(
         f"/api/workspaces/{shared['id']}/files/report.txt", content=b"alice secret file"
     )
@@ -110,6 +122,7 @@ def world(fake_live: tuple[Live, FakeOpenAI]) -> dict[str, Any]:
             "document_id": document["id"],
             "job_id": job["id"],
             "approval_id": approval,
+            "memory_id": memory.json()["id"],
             "path": "report.txt",
         },
         "alice_personal": alice["personal_workspace_id"],
@@ -185,6 +198,10 @@ def test_another_user_reaches_nothing_of_alices(world: dict[str, Any]) -> None:
     after = world["alice_session"].get(f"/api/conversations/{ids['conversation_id']}").json()
     assert after == before
     assert world["alice_session"].get("/api/keys").json()[0]["revoked_at"] is None
+    memory = world["alice_session"].get(f"/api/memories/{ids['memory_id']}").json()
+    assert memory["text"] == "The user's secret is 1234."
+    assert memory["current"]
+    assert not memory["pinned"]
 
 
 def test_lists_show_only_the_callers_own_things(world: dict[str, Any]) -> None:
@@ -215,6 +232,10 @@ def test_lists_show_only_the_callers_own_things(world: dict[str, Any]) -> None:
     assert "secret" not in searching.text
     by_name = bob.post("/api/search", json={"query": "secret plan", "collections": ["alice docs"]})
     assert by_name.status_code == 404
+    assert bob.get("/api/memories").json()["total"] == 0
+    assert bob.get("/api/memories/search", params={"q": "secret"}).json() == []
+    assert bob.post("/api/memories/forget", json={"query": "secret"}).json()["deleted"] == []
+    assert "secret" not in bob.get("/api/me/export").text
     models = bob.get("/v1/models").json()["data"]
     assert all(not m["id"].startswith("rag:") for m in models)
     grounded = bob.post(

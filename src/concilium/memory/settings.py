@@ -39,11 +39,11 @@ class MemorySettings(Section):
     )
     recall_k: int = Field(8, ge=0, le=50, description="Memories recalled per answer, at most.")
     min_score: float = Field(
-        0.0,
+        -1.0,
         ge=-1,
         le=1,
-        description="Least similarity of a recalled memory to the question (its scale is "
-        "the embedder's).",
+        description="Least similarity of a recalled memory to the question, on the "
+        "embedder's scale (-1: none, the recall_k best come).",
     )
     pinned_max: int = Field(
         3, ge=0, le=20, description="Pinned memories recalled in every answer, at most."
@@ -70,4 +70,6 @@ class MemorySettings(Section):
     cleanup_every_seconds: int = Field(
         3600, ge=60, description="How often the retention cleanup runs (server, one leader)."
     )
-    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    retention: RetentionSettings = Field(
+        default_factory=RetentionSettings, description="Days each retention class keeps."
+    )

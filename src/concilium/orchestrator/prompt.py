@@ -37,14 +37,8 @@ _SUMMARY_HEAD = {
     "fr": "Résumé du début de la conversation :",
 }
 _MEMORY_HEAD = {
-    "en": (
-        "What you remember about the user from earlier conversations (the date is when "
-        "you learnt it; use it when it helps, do not mention it otherwise):"
-    ),
-    "fr": (
-        "Ce que tu sais de l'utilisateur grâce aux conversations précédentes (la date est "
-        "celle où tu l'as appris ; sers-t'en quand c'est utile, sans en parler sinon) :"
-    ),
+    "en": "Known about the user from earlier conversations (date learnt, fact):",
+    "fr": "Ce que tu sais de l'utilisateur (date où tu l'as appris, fait) :",
 }
 _SUMMARISE = {
     "en": (
@@ -181,7 +175,8 @@ class PromptBuilder:
         budget = self.budget(route, "memory", max_tokens)
         kept: list[str] = []
         sizes = await self.count(route, list(notes)) if notes else []
-        spent = (await self.count(route, [_MEMORY_HEAD["fr"]]))[0] if notes else 0
+        head = _MEMORY_HEAD[_language_of(question)]
+        spent = (await self.count(route, [head]))[0] if notes else 0
         for note, size in zip(notes, sizes, strict=True):
             if spent + size > budget:
                 break
@@ -274,12 +269,15 @@ def _note(text: str) -> str:
     return f"- {text.strip()}"
 
 
+def _language_of(question: ChatMessage | None) -> str:
+    return "fr" if question is not None and detect_language(question.content) == "fr" else "en"
+
+
 def _memory_block(notes: Sequence[str], question: ChatMessage | None) -> str:
     """The notes under a heading in the question's language."""
     if not notes:
         return ""
-    language = "fr" if question is not None and detect_language(question.content) == "fr" else "en"
-    return "\n".join([_MEMORY_HEAD[language], *notes])
+    return "\n".join([_MEMORY_HEAD[_language_of(question)], *notes])
 
 
 def _messages(
