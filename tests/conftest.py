@@ -132,6 +132,9 @@ def make_settings(tmp_path: Path) -> SettingsFactory:
             "orchestration": {"classifier": {"enabled": False}},
             # Cheap hashing and no rate limits by default; dedicated tests set their own.
             "auth": {"argon2_time_cost": 1, "argon2_memory_kib": 8192, "cookie_secure": False},
+            # Memory extraction is a model call after each turn: tests that count calls
+            # would see it; tests/memory turn it on.
+            "memory": {"extract": False},
             "limits": {
                 "ip_per_minute": 0,
                 "user_per_minute": 0,

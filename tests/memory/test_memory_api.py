@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -14,7 +15,7 @@ import pytest
 
 from concilium.store.models import AuditEntry
 from tests.support.fake_llm_servers import Behaviour, FakeOpenAI
-from tests.support.live import Live
+from tests.support.live import Live, LiveFactory, remote_backend
 
 MAX = "Tu es Max, le majordome de la famille Dupont. Réponds toujours en vers."
 
@@ -40,10 +41,17 @@ def _notes(body: dict[str, Any]) -> Behaviour | None:
 
 
 @pytest.fixture
-def live(fake_live: tuple[Live, FakeOpenAI]) -> tuple[Live, FakeOpenAI]:
-    live, fake = fake_live
+def live(
+    live_server: LiveFactory, fake_openai: tuple[FakeOpenAI, str]
+) -> Iterator[tuple[Live, FakeOpenAI]]:
+    fake, url = fake_openai
     fake.responder = _notes
-    return live, fake
+    with live_server(
+        backends={"remote": remote_backend(url)},
+        chat={"default_model": "fake-model"},
+        memory={"extract": True},
+    ) as live:
+        yield live, fake
 
 
 def _stream(client: httpx.Client, conversation: str, content: str, **extra: Any) -> list[dict]:
