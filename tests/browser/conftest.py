@@ -112,6 +112,9 @@ def _environment(data_dir: Path, fake_url: str) -> dict[str, str]:
                 }
             },
         },
+        # Memories are added by the tests themselves: no extraction model call after
+        # every turn of every test.
+        "memory": {"extract": False},
         # Cheap password hashing: the suite signs in often.
         "auth": {"argon2_time_cost": 1, "argon2_memory_kib": 8192},
         # One address (the tests) makes far more requests a minute than a person does.

@@ -268,6 +268,13 @@ class ExtractionReport:
     unchanged: int = 0
     rejected: int = 0
 
+    def merge(self, other: ExtractionReport) -> None:
+        self.added += other.added
+        self.updated += other.updated
+        self.forgotten += other.forgotten
+        self.unchanged += other.unchanged
+        self.rejected += other.rejected
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "added": len(self.added),
@@ -329,6 +336,36 @@ def third_person(text: str) -> str:
     if _language(text) == "fr":
         return f"L'utilisateur a dit : « {text} »"
     return f'The user said: "{text}"'
+
+
+_SENTENCE = re.compile(r"(?<=[.!?…])\s+|\n+")
+#: A statement of the user about themselves (folded): first person, not a question.
+_SELF = re.compile(r"\b(i|i m|i ve|i d|i ll|my|me|mine|je|j|moi|ma|mon|mes|nous|notre|nos)\b")
+_MIN_WORDS = 5
+
+
+def statements(said: str) -> list[Note]:
+    """The user's own sentences about themselves, at most ``_MAX_NOTES``: the fallback
+    when the model notes nothing (small models miss facts said in passing)."""
+    notes = []
+    for sentence in _SENTENCE.split(said):
+        sentence = " ".join(sentence.split()).strip(" -\u2013\u2014")
+        folded = fold(sentence)
+        if sentence.endswith("?") or len(folded.split()) < _MIN_WORDS:
+            continue
+        if not _SELF.search(folded) or len(sentence) > _MAX_CHARS - 30:
+            continue
+        text = (
+            third_person(sentence)
+            if _FIRST_PERSON.match(folded)
+            else (
+                f"L'utilisateur a dit : « {sentence} »"
+                if _language(sentence) == "fr"
+                else f'The user said: "{sentence}"'
+            )
+        )
+        notes.append(Note("remember", text, kind_of(sentence), ""))
+    return notes[:_MAX_NOTES]
 
 
 def kind_of(text: str) -> str:
@@ -515,14 +552,16 @@ class Extractor:
         previous = before.content if before is not None and before.role == "assistant" else ""
         date = f"{self.memory.clock():%Y-%m-%d}"
         notes = await self.notes(said, before=previous, date=date)
-        report = await self.apply(
-            user_id,
-            notes,
-            said=said,
-            guard=[conversation.system_prompt or ""],
-            workspace_id=None if personal else conversation.workspace_id,
-            conversation_id=conversation.id,
-            message_id=asked.id,
-        )
+        where: dict[str, Any] = {
+            "said": said,
+            "guard": [conversation.system_prompt or ""],
+            "workspace_id": None if personal else conversation.workspace_id,
+            "conversation_id": conversation.id,
+            "message_id": asked.id,
+        }
+        report = await self.apply(user_id, notes, **where)
+        if not report.added and not report.updated and not report.unchanged:
+            # The model kept nothing: what the user said of themselves, in their words.
+            report.merge(await self.apply(user_id, statements(said), **where))
         log.info("memory_extracted", message_id=answer.id, **report.as_dict())
         return report

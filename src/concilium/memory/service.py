@@ -101,6 +101,8 @@ class _Vectors:
     ids: list[str]
     matrix: np.ndarray
     workspaces: list[str | None]
+    unscoped: np.ndarray  # bool: recalled in every workspace
+    scopes: np.ndarray  # object: the workspace of each scoped one
     pinned: np.ndarray
     learnt: np.ndarray  # epoch seconds
     expires: np.ndarray  # epoch seconds, inf for never
@@ -245,6 +247,8 @@ class MemoryService:
             ids=[r.id for r in rows],
             matrix=matrix,
             workspaces=[r.workspace_id for r in rows],
+            unscoped=np.array([r.workspace_id is None for r in rows], dtype=bool),
+            scopes=np.array([r.workspace_id or "" for r in rows], dtype=object),
             pinned=np.array([bool(r.pinned) for r in rows], dtype=bool),
             learnt=np.array([r.valid_from.timestamp() for r in rows], dtype=np.float64),
             expires=np.array(
@@ -278,9 +282,7 @@ class MemoryService:
         if vectors is None or not vectors.ids or (k <= 0 and not pinned) or not query.strip():
             return []
         now = self.clock().timestamp()
-        usable = (vectors.expires > now) & np.array(
-            [w is None or w == workspace_id for w in vectors.workspaces], dtype=bool
-        )
+        usable = (vectors.expires > now) & (vectors.unscoped | (vectors.scopes == workspace_id))
         if not usable.any():
             return []
         q = (await self._query(query)).astype(np.float32)
@@ -683,11 +685,13 @@ class MemoryService:
             raise InvalidRequest("say what to forget", param="query")
         by_words, _ = await self.list_memories(user_id, query=query, limit=10_000)
         close = await self.search(user_id, query, k=50)
-        ids = {m.id for m in by_words} | {m.id for m in close if m.score >= min_score}
+        matched = {m.id for m in by_words} | {m.id for m in close if m.score >= min_score}
         async with self.db.reader() as s:
             found = list(
-                (await s.scalars(select(MemoryRecord).where(MemoryRecord.id.in_(ids)))).all()
+                (await s.scalars(select(MemoryRecord).where(MemoryRecord.id.in_(matched)))).all()
             )
+        # What they replaced goes with them: forgotten means no trace left.
+        ids = {m.id for memory in found for m in await self.history(user_id, memory.id)}
         if dry_run or not found:
             return found
         async with self.db.session() as s:

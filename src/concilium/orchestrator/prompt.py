@@ -37,8 +37,8 @@ _SUMMARY_HEAD = {
     "fr": "Résumé du début de la conversation :",
 }
 _MEMORY_HEAD = {
-    "en": "Known about the user from earlier conversations (date learnt, fact):",
-    "fr": "Ce que tu sais de l'utilisateur (date où tu l'as appris, fait) :",
+    "en": "What the user told you in earlier conversations (date, fact):",
+    "fr": "Ce que l'utilisateur t'a dit lors de conversations précédentes (date, fait) :",
 }
 _SUMMARISE = {
     "en": (

@@ -103,8 +103,10 @@ function ConversationList({ current, version, onPick }) {
     setRenaming(null);
     reload();
   });
+  const [forget, setForget] = useState(false);
   const [remove, removing, removeError] = useAction(async (conversation) => {
-    await del(`/api/conversations/${conversation.id}`);
+    await del(`/api/conversations/${conversation.id}${forget ? "?forget_memories=true" : ""}`);
+    setForget(false);
     setDeleting(null);
     if (conversation.id === current) navigate("/chat");
     reload();
@@ -150,6 +152,8 @@ function ConversationList({ current, version, onPick }) {
     </ul>
     <${Dialog} open=${!!deleting} title=${t("chat.deleteTitle")} onClose=${() => setDeleting(null)}>
       <p>${t("chat.deleteConfirm", { title: deleting?.title || "" })}</p>
+      <label class="check"><input type="checkbox" checked=${forget} onChange=${(e) => setForget(e.currentTarget.checked)} />
+        ${t("chat.deleteMemories")}</label>
       <div class="actions">
         <button type="button" class="ghost" onClick=${() => setDeleting(null)}>${t("common.cancel")}</button>
         <button type="button" class="danger" disabled=${removing} onClick=${() => remove(deleting)}>${t("common.delete")}</button>
@@ -193,6 +197,8 @@ function Conversation({ id, onChanged, onCreated }) {
   const [live, setLive] = useState(null);
   const [error, setError] = useState(null);
   const [settings, setSettings] = useState(loadSettings);
+  // A new conversation may be a temporary chat: memory neither recalled nor learnt.
+  const [temporary, setTemporary] = useState(false);
   const choices = useChoices();
   const [source, setSource] = useState(null);
   const pending = useRef({ text: "", frame: 0 });
@@ -338,7 +344,10 @@ function Conversation({ id, onChanged, onCreated }) {
     if (!which) {
       try {
         // A title of whole characters (an emoji cut in two is refused).
-        created = await post("/api/conversations", { title: Array.from(content).slice(0, 80).join("") });
+        created = await post("/api/conversations", {
+          title: Array.from(content).slice(0, 80).join(""),
+          temporary,
+        });
         which = conversationId.current = created.id;
         onCreated(created.id);
       } catch (e) {
@@ -457,7 +466,10 @@ function Conversation({ id, onChanged, onCreated }) {
   return html`<section class="conversation" aria-label=${detail?.title || t("chat.new")}>
     <${Alert} error=${loadError} />
     ${id && !detail && !loadError && html`<${Loading} />`}
-    ${!id && !live && html`<div class="welcome"><h1>${t("chat.welcome")}</h1><p>${t("chat.welcomeHint")}</p></div>`}
+    ${!id && !live && html`<div class="welcome"><h1>${t("chat.welcome")}</h1><p>${t("chat.welcomeHint")}</p>
+      <label class="check temporary"><input type="checkbox" checked=${temporary} onChange=${(e) => setTemporary(e.currentTarget.checked)} />
+        ${t("chat.temporary")}</label></div>`}
+    ${detail?.temporary && html`<p class="badge soft temporary-badge" role="note">${t("chat.temporaryOn")}</p>`}
     ${(detail || live) &&
     html`<${MessageList}
       items=${items}
@@ -592,6 +604,7 @@ const Message = ({ message, tree, busy, isLast, onEdit, onRegenerate, onBranch, 
   const route = steps.find((s) => s.type === "route");
   const workers = steps.filter((s) => s.type === "worker" && s.status !== "started");
   const consensus = steps.find((s) => s.type === "consensus");
+  const remembered = steps.find((s) => s.type === "memory");
   const agentSteps = steps.filter((s) => ["thought", "tool_call", "tool_result", "approval"].includes(s.type));
   const sources = message.sources || null;
   const byNumber = (n) => sources?.find((s) => String(s.n) === String(n));
@@ -640,6 +653,7 @@ const Message = ({ message, tree, busy, isLast, onEdit, onRegenerate, onBranch, 
         : null;
   return html`<article class="message assistant" aria-label=${t("chat.answer")} aria-busy=${message.live ? "true" : "false"}>
     ${route && html`<${RouteChip} route=${route} reformulation=${steps.find((s) => s.type === "reformulation")} />`}
+    ${remembered?.memories?.length > 0 && html`<${MemoryChips} memories=${remembered.memories} />`}
     ${agentSteps.length > 0 &&
     html`<${AgentTimeline} steps=${agentSteps} message=${message} busy=${busy} canDecide=${isLast} onDecide=${onDecide} />`}
     ${workers.length > 0 && html`<${ConsensusView} workers=${workers} summary=${consensus} />`}
@@ -691,6 +705,18 @@ function RouteChip({ route, reformulation }) {
     ${route.reason && html`<p>${route.reason}</p>`}
     ${route.collections?.length > 0 && html`<p>${t("chat.collections")}: ${route.collections.join(", ")}</p>`}
     ${reformulation && html`<p>${t("chat.reformulated")}: ${reformulation.query}</p>`}
+  </details>`;
+}
+
+/** The memories of the user this answer was given with. */
+function MemoryChips({ memories }) {
+  return html`<details class="memory-chips">
+    <summary>${t("memory.remembered", { count: memories.length })}</summary>
+    <ul>
+      ${memories.map(
+        (m) => html`<li key=${m.id}><a class="chip" href=${`#/memory?focus=${m.id}`} title=${t(`memory.class.${m.retention}`)}>${m.pinned ? "📌 " : ""}${m.text}</a></li>`,
+      )}
+    </ul>
   </details>`;
 }
 

@@ -14,6 +14,7 @@ const lazy = {
   chat: () => import("./chat.js").then((m) => m.ChatPage),
   knowledge: () => import("./knowledge.js").then((m) => m.KnowledgePage),
   admin: () => import("./admin.js").then((m) => m.AdminPage),
+  memory: () => import("./memory.js").then((m) => m.MemoryPage),
   account: () => import("./account.js").then((m) => m.AccountPage),
 };
 
@@ -80,6 +81,7 @@ function Shell({ me, route, onLogout, children }) {
   const links = [
     ["chat", t("nav.chat")],
     ["knowledge", t("nav.knowledge")],
+    ["memory", t("nav.memory")],
     ...(me.is_admin ? [["admin", t("nav.admin")]] : []),
     ["account", t("nav.account")],
   ];
