@@ -74,7 +74,10 @@ lint: install
 # The load test drives the server with wrk (Debian package `wrk`). The knowledge
 # benchmarks compare with bm25s, Chroma and rank_bm25 (the `bench` extra); the latency one
 # takes about 40 minutes at 1M chunks (LATENCY_SIZES=10000,100000 for a quick run). The
-# orchestration ones run the three bundled chat models (about half an hour together).
+# orchestration ones run the three bundled chat models (about half an hour together); the
+# memory one replays its 72 items three ways with the default model (about two hours;
+# MEMORY_PER_KIND=4 for a 24-item run).
+MEMORY_PER_KIND ?=
 LATENCY_SIZES ?= 10000,100000,1000000
 bench: install $(VENV)/.test-model
 	@command -v wrk >/dev/null || (apt-get install -y wrk || (apt-get update && apt-get install -y wrk))
@@ -88,6 +91,7 @@ bench: install $(VENV)/.test-model
 	$(PY) benchmarks/orchestration_classifier.py --write
 	$(PY) benchmarks/consensus_qa.py --write
 	$(PY) benchmarks/web_ui.py --write
+	$(PY) benchmarks/memory.py --write $(if $(MEMORY_PER_KIND),--per-kind $(MEMORY_PER_KIND))
 
 # Regenerates uv.lock from pyproject.toml, keeping every pin that still fits (UPGRADE=1
 # moves every package to the newest release the ranges allow), and scripts/bootstrap.txt.

@@ -1,11 +1,12 @@
 """Long-term memory: accuracy against two baselines, and the time recall adds.
 
-Usage: ``python benchmarks/memory.py [--write] [--quick] [--model M] [--limit N]``.
+Usage: ``python benchmarks/memory.py [--write] [--quick] [--model M] [--per-kind N]``.
 
 1. Accuracy on ``benchmarks/data/memory-eval.jsonl`` (``concilium eval memory``): the
    same questions answered by the same model with no memory, with every earlier session
    pasted before the question (cut to the window), and with Concilium's memory; accuracy
-   per kind, recall@5 and prompt tokens per question. ``--quick``: one item of each kind.
+   per kind, recall@5 and prompt tokens per question. ``--quick``: one item of each kind;
+   ``--per-kind N``: N of each kind.
 2. Recall latency at 10,000 memories of one user (1,000 with ``--quick``): ``recall``
    (the question embedded, the user's cached vectors scored, pinned and best kept) against
    the same search done without the per-process cache (every vector read from the
@@ -62,12 +63,20 @@ SUBJECTS = [
 VERBS = ["likes", "bought", "visited", "forgot", "booked", "sold", "fixed", "planned"]
 
 
-async def _accuracy(model: str | None, quick: bool, limit: int | None) -> dict[str, Any]:
+def _balanced(items: list[Any], per_kind: int) -> list[Any]:
+    """``per_kind`` items of each kind, alternating English and French."""
+    chosen = []
+    for kind in KINDS:
+        by_lang = [[i for i in items if i.kind == kind and i.lang == lang] for lang in ("en", "fr")]
+        mixed = [i for pair in zip(*by_lang, strict=False) for i in pair]
+        chosen += mixed[:per_kind]
+    return chosen
+
+
+async def _accuracy(model: str | None, per_kind: int | None) -> dict[str, Any]:
     items = load_items(DATASET)
-    if quick:
-        items = [next(i for i in items if i.kind == kind) for kind in KINDS]
-    elif limit:
-        items = items[:limit]
+    if per_kind:
+        items = _balanced(items, per_kind)
     started = time.perf_counter()
     reports = await evaluate(
         load_settings(None), items, model=model, systems=("none", "full", "memory")
@@ -161,7 +170,9 @@ def main() -> int:
     parser.add_argument("--write", action="store_true", help="rewrite BENCHMARKS.md's section")
     parser.add_argument("--quick", action="store_true", help="one item per kind, 1,000 memories")
     parser.add_argument("--model", help="answering model (default: the default model)")
-    parser.add_argument("--limit", type=int, help="only the first N items of the dataset")
+    parser.add_argument(
+        "--per-kind", type=int, help="only N items of each kind (English and French in turn)"
+    )
     parser.add_argument(
         "--skip-accuracy", action="store_true", help="only the recall latency (no model)"
     )
@@ -169,7 +180,8 @@ def main() -> int:
     latency = asyncio.run(_latency(1_000 if args.quick else 10_000))
     accuracy = None
     if not args.skip_accuracy:
-        accuracy = asyncio.run(_accuracy(args.model, args.quick, args.limit))
+        per_kind = 1 if args.quick else args.per_kind
+        accuracy = asyncio.run(_accuracy(args.model, per_kind))
     result = {"latency": latency, "accuracy": accuracy}
     print(json.dumps(result, indent=1))
     if args.write:

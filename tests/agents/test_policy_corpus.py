@@ -562,13 +562,15 @@ def test_the_api_lists_the_tools_a_caller_may_use(
     listed = live.http.get("/api/tools")
     assert listed.status_code == 200, listed.text
     tools = {t["name"]: t for t in listed.json()}
-    # This key has no knowledge scope: no knowledge search for its agent.
+    # This key has no knowledge scope: no knowledge search for its agent. Recall reads the
+    # user's own memories (scope chat); remember and forget write, off by default.
     assert set(tools) == {
         "calculator",
         "current_time",
         "disk_usage",
         "list_files",
         "read_file",
+        "recall",
         "search_files",
     }
     _, reader = live.login("admin", ["chat", "knowledge:read"])

@@ -112,7 +112,9 @@ class ToolExecutor:
 
     def available(self, context: ToolContext) -> list[Tool]:
         """The tools this caller may use (with or without approval)."""
-        return [t for t in self.registry if self.policy.decide(t, context).allowed]
+        return [
+            t for t in self.registry if t.usable(context) and self.policy.decide(t, context).allowed
+        ]
 
     async def execute(
         self,

@@ -94,6 +94,12 @@ class Tool(ABC):
     async def run(self, arguments: BaseModel, context: ToolContext) -> str:
         """The observation given back to the agent (text)."""
 
+    def usable(self, context: ToolContext) -> bool:
+        """Whether the tool makes sense for this caller at all (e.g. memory needs a
+        user); a tool that does not is not offered. The policy still decides the rest."""
+        del context
+        return True
+
     def parameters(self) -> dict[str, Any]:
         schema = self.Arguments.model_json_schema()
         schema.pop("title", None)

@@ -340,7 +340,14 @@ def third_person(text: str) -> str:
 
 _SENTENCE = re.compile(r"(?<=[.!?…])\s+|\n+")
 #: A statement of the user about themselves (folded): first person, not a question.
-_SELF = re.compile(r"\b(i|i m|i ve|i d|i ll|my|me|mine|je|j|moi|ma|mon|mes|nous|notre|nos)\b")
+_SELF = re.compile(r"\b(i|i m|i ve|i d|i ll|my|mine|je|j|ma|mon|mes|nous|notre|nos)\b")
+#: A request to the assistant, not a statement (folded).
+_REQUEST = re.compile(
+    r"^(please|can you|could you|would you|will you|tell me|give me|show me|help me|"
+    r"suggest|recommend|write|make|find|explain|list|let s|"
+    r"peux tu|pourrais tu|pouvez vous|pourriez vous|donne moi|dis moi|montre moi|"
+    r"aide moi|propose moi|propose|ecris|fais|trouve|explique|donnez moi|dites moi)\b"
+)
 _MIN_WORDS = 5
 
 
@@ -353,7 +360,9 @@ def statements(said: str) -> list[Note]:
         folded = fold(sentence)
         if sentence.endswith("?") or len(folded.split()) < _MIN_WORDS:
             continue
-        if not _SELF.search(folded) or len(sentence) > _MAX_CHARS - 30:
+        if not _SELF.search(folded) or _REQUEST.search(folded):
+            continue
+        if len(sentence) > _MAX_CHARS - 30:
             continue
         text = (
             third_person(sentence)

@@ -6,13 +6,24 @@ go through the tool policy like every tool: recall reads, remember and forget wr
 
 from __future__ import annotations
 
-from concilium.agents.tools import Risk, ToolContext, ToolError, tool
+from concilium.agents.tools import Risk, Tool, ToolContext, ToolError, tool
 from concilium.auth.audit import Actor
 from concilium.auth.principal import Scope
 from concilium.memory.retention import KINDS
 from concilium.memory.service import MemoryService
 
 __all__ = ["forget", "recall", "remember"]
+
+
+def _for_users(made: type[Tool]) -> type[Tool]:
+    """Offered only where there is a memory: a signed-in user's agent, not the operator's."""
+
+    class ForUsers(made):  # type: ignore[misc, valid-type]
+        def usable(self, context: ToolContext) -> bool:
+            return context.principal.owner_id is not None and "memory" in context.services
+
+    ForUsers.__name__ = ForUsers.__qualname__ = made.__name__
+    return ForUsers
 
 
 def _memory(context: ToolContext) -> tuple[MemoryService, str]:
@@ -23,6 +34,7 @@ def _memory(context: ToolContext) -> tuple[MemoryService, str]:
     return memory, user
 
 
+@_for_users
 @tool(risk=Risk.WRITE, scopes=[Scope.CHAT])
 async def remember(context: ToolContext, text: str, kind: str = "fact") -> str:
     """Keep a fact about the user, or one of their preferences, for later conversations.
@@ -40,6 +52,7 @@ async def remember(context: ToolContext, text: str, kind: str = "fact") -> str:
     return f"remembered as memory {found.id} (kept: {found.retention})"
 
 
+@_for_users
 @tool(risk=Risk.READ, scopes=[Scope.CHAT])
 async def recall(context: ToolContext, query: str) -> str:
     """Look up what is remembered about the user from earlier conversations.
@@ -56,6 +69,7 @@ async def recall(context: ToolContext, query: str) -> str:
     return "\n".join(f"- [{m.id}] {m.note()}" for m in found)
 
 
+@_for_users
 @tool(risk=Risk.WRITE, scopes=[Scope.CHAT])
 async def forget(context: ToolContext, query: str) -> str:
     """Delete what is remembered about something, when the user asks to forget it.

@@ -183,7 +183,12 @@ async def set_memory_settings(
     return MemorySwitch(enabled=await services.memory.enabled_for(principal.user_id, None))
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=MemoryOut)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=MemoryOut,
+    responses={200: {"model": MemoryOut, "description": "Already remembered: that memory."}},
+)
 async def add_memory(
     body: MemoryCreate, response: Response, services: ServicesDep, principal: ChatPrincipal
 ) -> MemoryOut:
