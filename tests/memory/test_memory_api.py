@@ -159,6 +159,15 @@ def test_temporary_chats_and_switches_keep_memory_out(live: tuple[Live, FakeOpen
     events = _stream(alice, normal, "And one more dessert idea?")
     assert [e for e in events if e["event"] == "memory"]
 
+    # a workspace's admins turn it off for the conversations in it
+    team = alice.post("/api/workspaces", json={"name": "team"}).json()
+    assert team["memory_enabled"] is True
+    off = alice.patch(f"/api/workspaces/{team['id']}", json={"memory_enabled": False})
+    assert off.json()["memory_enabled"] is False
+    there = alice.post("/api/conversations", json={"workspace_id": team["id"]}).json()["id"]
+    events = _stream(alice, there, "A dessert idea for the team?")
+    assert not [e for e in events if e["event"] == "memory"]
+
 
 def test_memories_are_managed_by_their_owner(live: tuple[Live, FakeOpenAI]) -> None:
     server, _ = live

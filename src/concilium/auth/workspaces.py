@@ -67,11 +67,32 @@ class Workspaces:
             return workspace
 
     async def rename(self, principal: Principal, workspace_id: str, name: str) -> Workspace:
+        return await self.update(principal, workspace_id, name=name)
+
+    async def update(
+        self,
+        principal: Principal,
+        workspace_id: str,
+        *,
+        name: str | None = None,
+        memory_enabled: bool | None = None,
+    ) -> Workspace:
+        """Rename, or turn long-term memory on or off for conversations in it (admins)."""
         await self.require(principal, workspace_id, Role.ADMIN)
         async with self.db.session() as s:
             workspace = await s.get(Workspace, workspace_id)
             assert workspace is not None
-            workspace.name = name
+            if name is not None:
+                workspace.name = name
+            if memory_enabled is not None and memory_enabled != workspace.memory_enabled:
+                workspace.memory_enabled = memory_enabled
+                await self.audit.append(
+                    s,
+                    "workspace.memory",
+                    actor=principal.actor,
+                    target=f"workspace:{workspace_id}",
+                    details={"enabled": memory_enabled},
+                )
             return workspace
 
     async def delete(self, principal: Principal, workspace_id: str) -> None:

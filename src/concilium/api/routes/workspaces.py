@@ -30,11 +30,20 @@ class WorkspaceIn(BaseModel):
     name: Name
 
 
+class WorkspaceUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Name | None = None
+    memory_enabled: bool | None = Field(
+        None, description="Long-term memory in this workspace's conversations."
+    )
+
+
 class WorkspaceOut(BaseModel):
     id: str
     name: str
     personal: bool
     role: str
+    memory_enabled: bool
     daily_token_quota: int | None
     monthly_token_quota: int | None
     created_at: datetime
@@ -59,6 +68,7 @@ def _out(workspace: Workspace, role: str) -> WorkspaceOut:
         name=workspace.name,
         personal=workspace.personal,
         role=role,
+        memory_enabled=workspace.memory_enabled,
         daily_token_quota=workspace.daily_token_quota,
         monthly_token_quota=workspace.monthly_token_quota,
         created_at=workspace.created_at,
@@ -87,10 +97,17 @@ async def get_workspace(
 
 
 @router.patch("/{workspace_id}", response_model=WorkspaceOut)
-async def rename_workspace(
-    workspace_id: WorkspaceId, body: WorkspaceIn, principal: CurrentPrincipal, services: ServicesDep
+async def update_workspace(
+    workspace_id: WorkspaceId,
+    body: WorkspaceUpdate,
+    principal: CurrentPrincipal,
+    services: ServicesDep,
 ) -> WorkspaceOut:
-    return _out(await services.workspaces.rename(principal, workspace_id, body.name), "admin")
+    """Rename it, or turn long-term memory on or off in it (its admins)."""
+    workspace = await services.workspaces.update(
+        principal, workspace_id, name=body.name, memory_enabled=body.memory_enabled
+    )
+    return _out(workspace, "admin")
 
 
 @router.delete("/{workspace_id}", status_code=status.HTTP_204_NO_CONTENT)
