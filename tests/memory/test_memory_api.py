@@ -135,6 +135,22 @@ def test_an_allergy_told_once_shapes_a_later_conversation_until_it_is_superseded
     assert "L'utilisateur est allergique" not in prompt
 
 
+def test_every_worker_of_a_consensus_is_given_the_memories(live: tuple[Live, FakeOpenAI]) -> None:
+    server, fake = live
+    _, alice = server.user(scopes=["chat"])
+    alice.post("/api/memories", json={"text": "The user is allergic to peanuts."})
+    conversation = alice.post("/api/conversations", json={}).json()["id"]
+    fake.requests.clear()
+    events = _stream(alice, conversation, "A dessert idea?", mode="consensus")
+    assert [e for e in events if e["event"] == "memory"]
+    asked = [
+        " ".join(m["content"] for m in body["messages"] if m["role"] == "system")
+        for body in fake.requests
+    ]
+    assert len(asked) >= 3  # three workers, then the merger
+    assert all("allergic to peanuts" in a for a in asked[:3])
+
+
 def test_temporary_chats_and_switches_keep_memory_out(live: tuple[Live, FakeOpenAI]) -> None:
     server, fake = live
     _, alice = server.user(scopes=["chat"])
