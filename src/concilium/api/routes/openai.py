@@ -333,9 +333,10 @@ async def _complete(events: AsyncIterator[Event], completion: _Completion) -> di
         record.observe(event)
         if isinstance(event, ErrorEvent):
             raise error_for(event)
-    # Not OpenAI's: how the answer was made (route, rewritten query, agent steps, consensus).
+    # Not OpenAI's: how the answer was made (route, memories recalled, rewritten query,
+    # agent steps, consensus).
     shown: dict[str, Any] = {}
-    for made in (record.route, record.reformulated):
+    for made in (record.route, record.memories, record.reformulated):
         if made is not None:
             shown[made.type] = event_to_dict(made)
     if steps := record.agent_steps():
