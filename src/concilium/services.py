@@ -156,7 +156,7 @@ class Services:
             audit=audit,
         )
         _housekeeping(queue, worker, scheduler, chat, knowledge)
-        _memory_work(settings, worker, scheduler, memory, extractor)
+        _memory_work(settings, worker, scheduler, chat, memory, extractor)
         return cls(
             settings=settings,
             db=db,
@@ -268,10 +268,14 @@ def _housekeeping(
         scheduler.add(Schedule(name, every, name))
 
 
+_EXTRACT_WAIT = 120.0  # seconds a memory extraction waits for answers to finish
+
+
 def _memory_work(
     settings: Settings,
     worker: Worker,
     scheduler: Scheduler,
+    chat: ChatService,
     memory: MemoryService,
     extractor: Extractor,
 ) -> None:
@@ -279,6 +283,11 @@ def _memory_work(
     on its schedule (``memory.cleanup_every_seconds``)."""
 
     async def extract(context: JobContext) -> None:
+        # Answers come first: the notes wait (a while) for the model to be free of them.
+        waited = 0.0
+        while chat.answering() and waited < _EXTRACT_WAIT:
+            await asyncio.sleep(0.5)
+            waited += 0.5
         report = await extractor.from_turn(context.job.payload)
         context.report(**report.as_dict())
 

@@ -264,6 +264,10 @@ class ChatService:
                 )
         return forgotten
 
+    def answering(self) -> bool:
+        """This process is writing an answer now."""
+        return bool(self._live)
+
     async def stop_answers(self, conversation_ids: Sequence[str]) -> None:
         """Stop this process's live answers in these conversations (they are going)."""
         wanted = set(conversation_ids)
