@@ -204,3 +204,14 @@ def test_retention_rules_correct_the_models_proposal() -> None:
     assert classify("L'utilisateur a un rendez-vous demain.", "fact", None) is Retention.TEMPORARY
     assert classify("The user likes jazz.", "preference", None) is Retention.NORMAL
     assert classify("The user likes jazz.", "preference", "bogus") is Retention.NORMAL
+
+
+async def test_editing_into_a_known_fact_leaves_one_current_memory(world: dict[str, Any]) -> None:
+    memory: MemoryService = world["memory"]
+    kept, _ = await memory.add("alice", "The user lives in Nantes.")
+    moved, _ = await memory.add("alice", "The user lives in Lyon.")
+    result = await memory.update("alice", moved.id, text="the user lives in nantes")
+    assert result.id == kept.id
+    current, _ = await memory.list_memories("alice")
+    assert [m.id for m in current] == [kept.id]
+    assert (await memory.get("alice", moved.id)).superseded_by == kept.id

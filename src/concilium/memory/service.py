@@ -578,19 +578,17 @@ class MemoryService:
             )
         self._check(text if text is not None else memory.text, kind or memory.kind, retention)
         if text is not None and fingerprint(text) != memory.fingerprint:
-            new, _ = await self.add(
+            return await self.supersede(
                 user_id,
+                memory.id,
                 text,
                 kind=kind or memory.kind,
                 retention=retention or memory.retention,
                 pinned=memory.pinned if pinned is None else pinned,
-                workspace_id=memory.workspace_id,
                 origin="user",
                 source_conversation_id=memory.source_conversation_id,
                 source_message_id=memory.source_message_id,
-                supersedes=memory.id,
             )
-            return new
         now = self.clock()
         async with self.db.session() as s:
             memory = await self._owned(s, user_id, memory_id)
