@@ -151,6 +151,22 @@ def test_every_worker_of_a_consensus_is_given_the_memories(live: tuple[Live, Fak
     assert all("allergic to peanuts" in a for a in asked[:3])
 
 
+def test_openai_clients_are_told_which_memories_an_answer_used(
+    live: tuple[Live, FakeOpenAI],
+) -> None:
+    server, _ = live
+    _, alice = server.user(scopes=["chat"])
+    made = alice.post("/api/memories", json={"text": "The user is allergic to peanuts."}).json()
+    body = {"model": "fake-model", "messages": [{"role": "user", "content": "A dessert idea?"}]}
+    reply = alice.post("/v1/chat/completions", json=body).json()
+    assert reply["concilium"]["memory"]["memories"][0]["id"] == made["id"]
+    streamed = alice.post("/v1/chat/completions", json={**body, "stream": True}).text
+    chunks = [json.loads(line[6:]) for line in streamed.splitlines() if line.startswith("data: {")]
+    shown = [c["concilium"] for c in chunks if "concilium" in c]
+    assert shown[0]["type"] == "memory"
+    assert shown[0]["memories"][0]["text"] == "The user is allergic to peanuts."
+
+
 def test_temporary_chats_and_switches_keep_memory_out(live: tuple[Live, FakeOpenAI]) -> None:
     server, fake = live
     _, alice = server.user(scopes=["chat"])

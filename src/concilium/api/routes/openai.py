@@ -38,6 +38,7 @@ from concilium.events import (
     Done,
     ErrorEvent,
     Event,
+    MemoryRecalled,
     ModeChosen,
     Reformulated,
     Sources,
@@ -243,7 +244,15 @@ class _Completion:
 #: Events that start a streamed response (they come before any text, sometimes long before).
 _PROGRESS = (WorkerProgress, Thought, ToolCall)
 #: Events streamed to OpenAI clients as ``{"choices": [], "concilium": {event}}`` chunks.
-_SHOWN = (ModeChosen, Reformulated, WorkerProgress, Thought, ToolCall, ToolResult)
+_SHOWN = (
+    ModeChosen,
+    MemoryRecalled,
+    Reformulated,
+    WorkerProgress,
+    Thought,
+    ToolCall,
+    ToolResult,
+)
 
 
 def _finish_reason(reason: str) -> str:
