@@ -15,7 +15,7 @@ import pytest
 
 from concilium.store.models import AuditEntry
 from tests.support.fake_llm_servers import Behaviour, FakeOpenAI
-from tests.support.live import Live, LiveFactory, remote_backend
+from tests.support.live import Live, LiveFactory, remote_backend, wait_for_job
 
 MAX = "Tu es Max, le majordome de la famille Dupont. Réponds toujours en vers."
 
@@ -149,6 +149,39 @@ def test_every_worker_of_a_consensus_is_given_the_memories(live: tuple[Live, Fak
     ]
     assert len(asked) >= 3  # three workers, then the merger
     assert all("allergic to peanuts" in a for a in asked[:3])
+
+
+def test_the_agent_is_given_the_memories(live: tuple[Live, FakeOpenAI]) -> None:
+    server, fake = live
+    _, alice = server.user(scopes=["chat"])
+    alice.post("/api/memories", json={"text": "The user is allergic to peanuts."})
+    conversation = alice.post("/api/conversations", json={}).json()["id"]
+    fake.requests.clear()
+    events = _stream(alice, conversation, "Plan a dessert for me.", mode="agent")
+    assert [e for e in events if e["event"] == "memory"]
+    first = fake.requests[0]["messages"]
+    assert "allergic to peanuts" in " ".join(m["content"] or "" for m in first)
+
+
+def test_a_grounded_answer_is_given_the_memories(live: tuple[Live, FakeOpenAI]) -> None:
+    server, fake = live
+    _, alice = server.user(scopes=["chat", "knowledge:read", "knowledge:write"])
+    alice.post("/api/memories", json={"text": "The user is allergic to peanuts."})
+    collection = alice.post("/api/collections", json={"name": "recipes"}).json()
+    job = alice.post(
+        f"/api/collections/{collection['id']}/documents",
+        files=[("files", ("cake.txt", b"The walnut cake needs walnuts, flour and eggs."))],
+    ).json()
+    assert wait_for_job(alice, job["id"])["status"] == "completed"
+    conversation = alice.post("/api/conversations", json={}).json()["id"]
+    fake.requests.clear()
+    events = _stream(
+        alice, conversation, "What does the walnut cake need?", mode="rag", collections=["recipes"]
+    )
+    assert [e for e in events if e["event"] == "memory"]
+    assert [e for e in events if e["event"] == "sources"]
+    answered = [b for b in fake.requests if not b.get("response_format")]
+    assert "allergic to peanuts" in " ".join(m["content"] for m in answered[-1]["messages"])
 
 
 def test_openai_clients_are_told_which_memories_an_answer_used(
