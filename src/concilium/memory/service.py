@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -208,6 +208,17 @@ class MemoryService:
             set_={"revision": MemoryRevision.revision + 1},
         )
         await s.execute(statement)
+
+    async def _remove(self, s: AsyncSession, ids: Collection[str], users: set[str]) -> None:
+        """Delete these memories; a memory they replaced no longer points at them."""
+        await s.execute(delete(MemoryRecord).where(MemoryRecord.id.in_(ids)))
+        await s.execute(
+            update(MemoryRecord)
+            .where(MemoryRecord.superseded_by.in_(ids))
+            .values(superseded_by=None)
+        )
+        for user_id in sorted(users):
+            await self._bump(s, user_id)
 
     async def _current_vectors(self, user_id: str) -> _Vectors | None:
         async with self.db.reader() as s:
@@ -651,13 +662,7 @@ class MemoryService:
         )
         ids = [m.id for m in chain]
         async with self.db.session() as s:
-            await s.execute(delete(MemoryRecord).where(MemoryRecord.id.in_(ids)))
-            await s.execute(
-                update(MemoryRecord)
-                .where(MemoryRecord.superseded_by.in_(ids))
-                .values(superseded_by=None)
-            )
-            await self._bump(s, user_id)
+            await self._remove(s, ids, {user_id})
             if self.audit is not None:
                 await self.audit.append(
                     s,
@@ -693,13 +698,7 @@ class MemoryService:
         if dry_run or not found:
             return found
         async with self.db.session() as s:
-            await s.execute(delete(MemoryRecord).where(MemoryRecord.id.in_(ids)))
-            await s.execute(
-                update(MemoryRecord)
-                .where(MemoryRecord.superseded_by.in_(ids))
-                .values(superseded_by=None)
-            )
-            await self._bump(s, user_id)
+            await self._remove(s, ids, {user_id})
             if self.audit is not None:
                 await self.audit.append(
                     s,
@@ -779,13 +778,6 @@ class MemoryService:
         if due and not dry_run:
             ids = [m.id for m in due]
             async with self.db.session() as s:
-                await s.execute(delete(MemoryRecord).where(MemoryRecord.id.in_(ids)))
-                await s.execute(
-                    update(MemoryRecord)
-                    .where(MemoryRecord.superseded_by.in_(ids))
-                    .values(superseded_by=None)
-                )
-                for user_id in sorted({m.user_id for m in due}):
-                    await self._bump(s, user_id)
+                await self._remove(s, ids, {m.user_id for m in due})
             log.info("memory_cleanup", removed=len(due), by_retention=by_class)
         return CleanupReport(dry_run, len(due), by_class, listed)
