@@ -108,6 +108,10 @@ class _Vectors:
     expires: np.ndarray  # epoch seconds, inf for never
     rows: list[tuple[str, str, str, datetime]]  # text, kind, retention, learnt at
 
+    def recalled(self, i: int, score: float) -> Recalled:
+        text, kind, retention, learnt = self.rows[i]
+        return Recalled(self.ids[i], text, kind, retention, bool(self.pinned[i]), score, learnt)
+
 
 def memory_to_dict(m: MemoryRecord) -> dict[str, Any]:
     return {
@@ -317,20 +321,7 @@ class MemoryService:
             if int(i) not in chosen:
                 chosen.append(int(i))
                 taken += 1
-        found = []
-        for i in chosen:
-            text, kind, retention, learnt = vectors.rows[i]
-            found.append(
-                Recalled(
-                    vectors.ids[i],
-                    text,
-                    kind,
-                    retention,
-                    bool(vectors.pinned[i]),
-                    float(similarity[i]),
-                    learnt,
-                )
-            )
+        found = [vectors.recalled(i, float(similarity[i])) for i in chosen]
         if found and touch:
             task = asyncio.ensure_future(self._touch([m.id for m in found]))
             self._touches.add(task)
@@ -456,18 +447,7 @@ class MemoryService:
         for i in order:
             if workspace_id is not None and vectors.workspaces[i] not in (None, workspace_id):
                 continue
-            text, kind, retention, learnt = vectors.rows[i]
-            found.append(
-                Recalled(
-                    vectors.ids[i],
-                    text,
-                    kind,
-                    retention,
-                    bool(vectors.pinned[i]),
-                    float(similarity[i]),
-                    learnt,
-                )
-            )
+            found.append(vectors.recalled(int(i), float(similarity[i])))
             if len(found) >= k:
                 break
         return found
