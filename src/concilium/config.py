@@ -90,6 +90,14 @@ class ServerSettings(_Section):
 
     host: str = Field("127.0.0.1", description="Interface to bind.")
     port: int = Field(8321, ge=1, le=65535, description="TCP port.")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Server processes sharing the port. More than one needs the rate "
+        "limits in Redis (limits.storage_url) and loads each embedded model once per "
+        "process: for many clients of remote models (docs/operations.md).",
+    )
     max_body_bytes: int = Field(
         1_048_576, ge=1024, description="Largest accepted request body (HTTP and WebSocket)."
     )
@@ -283,6 +291,15 @@ class AuthSettings(_Section):
         None,
         description="HMAC key chaining the audit log (≥ 32 bytes); replicas sharing a "
         "database share it. Default: generated once in <data_dir>/secrets/audit.key.",
+    )
+    credential_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="How long a server remembers what an API key allows. A change made "
+        "through this server (key revoked, user disabled, membership ended) holds at once; "
+        "one made through another process sharing the database, within this delay. 0: "
+        "look the key up on every request.",
     )
     password_min_length: int = Field(12, ge=8, le=128, description="Shortest accepted password.")
     argon2_time_cost: int = Field(3, ge=1, description="argon2id passes (~50 ms with defaults).")

@@ -48,6 +48,7 @@ def _iso(value: datetime | None) -> str | None:
 
 async def export_user(services: Services, user_id: str, *, actor: Actor) -> dict[str, Any]:
     """Everything stored about the user, as one JSON-ready object."""
+    await services.meter.flush()  # the usage of the last second is theirs too
     async with services.db.reader() as s:
         user = await s.get(User, user_id)
         if user is None:

@@ -186,9 +186,10 @@ class Services:
             scheduler=scheduler,
         )
 
-    async def start(self, *, serving: bool = False) -> None:
+    async def start(self, *, serving: bool = False, announce_setup: bool = True) -> None:
         """Ready to work. ``serving``: this is the server, so a fresh install prints the
-        one-time setup token (the CLI's in-process commands do not)."""
+        one-time setup token (the CLI's in-process commands do not; nor do the worker
+        processes of a server, whose parent printed it: ``announce_setup``)."""
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.db.prepare()
         if self.settings.database.auto_migrate:
@@ -205,7 +206,18 @@ class Services:
             return  # a command runs its own jobs (``concilium ingest``), no one else's
         self.worker.start()
         self.scheduler.start()
-        _ = self.auth.keys  # load (or create) the signing keys now, not on a request
+        self.prepare_secrets()
+        if announce_setup:
+            await self.announce_setup()
+
+    def prepare_secrets(self) -> None:
+        """Load (or create) the token signing keys and the audit key now, not on a request
+        (and, with several server processes, once, before they start)."""
+        _ = self.auth.keys
+        _ = self.audit.key
+
+    async def announce_setup(self) -> None:
+        """On a fresh install, log the one-time token that creates the first administrator."""
         if not await self.auth.has_users():
             token = await self.auth.issue_setup_token()
             log.warning(
@@ -225,6 +237,7 @@ class Services:
         await self.scheduler.stop(grace)
         await self.worker.stop(grace)
         await self.chat.shutdown(self.settings.server.graceful_shutdown_seconds)
+        await self.meter.close()
         await self.knowledge.stop()
         await self.bus.close()
         await self.process.stop()

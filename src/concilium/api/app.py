@@ -37,17 +37,21 @@ from concilium.auth.principal import Principal, Scope
 from concilium.config import Settings
 from concilium.services import Services
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "worker_app"]
 
 
-def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
-    """Build the app. Services are built now (no I/O) and started by the lifespan."""
+def create_app(
+    settings: Settings, services: Services | None = None, *, announce_setup: bool = True
+) -> FastAPI:
+    """Build the app. Services are built now (no I/O) and started by the lifespan.
+    ``announce_setup``: log the first administrator's setup token on a fresh install
+    (the worker processes of ``serve --workers`` leave it to their parent)."""
     services = services or Services.build(settings)
     mcp = _mcp_endpoint(services) if settings.agents.mcp_endpoint else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await services.start(serving=True)
+        await services.start(serving=True, announce_setup=announce_setup)
         try:
             if mcp is None:
                 yield
@@ -70,7 +74,9 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.state.services = services
     app.state.web = web.package_assets()
     install_error_handlers(app)
+    # Routes are matched in order: the OpenAI API, the busiest, first.
     for module in (
+        openai,
         health,
         auth,
         account,
@@ -80,7 +86,6 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         knowledge,
         tools,
         models,
-        openai,
         admin,
         stats,
         ws,
@@ -129,3 +134,14 @@ def _mcp_endpoint(services: Services) -> McpEndpoint:
         return principal
 
     return McpEndpoint(services.tools, tools_caller, concilium_error_response)
+
+
+def worker_app() -> FastAPI:
+    """One worker process of ``concilium serve --workers N`` (an application factory):
+    its settings come from the environment and configuration file its parent set."""
+    from concilium.config import load_settings
+    from concilium.observability.logging import configure_logging
+
+    settings = load_settings()
+    configure_logging(settings.logging)
+    return create_app(settings, announce_setup=False)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import cached_property
 
 import structlog
 from sqlalchemy import select, update
@@ -22,10 +23,18 @@ from concilium.store.models import (
     User,
     utcnow,
 )
+from concilium.store.recent import Recent
 
 __all__ = ["ApiKeys", "IssuedKey"]
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _KnownKey:
+    principal: Principal  # without the caller's address
+    expires_at: datetime | None
+    last_used: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,14 +46,38 @@ class IssuedKey:
 class ApiKeys(AuthBase):
     """Part of ``AuthService``: API keys and what a presented key may do."""
 
+    @cached_property
+    def _known_keys(self) -> Recent[_KnownKey]:
+        """Keys presented lately and what they allow, forgotten at any change this process
+        makes to keys, users or memberships (another process's: within the TTL)."""
+        return Recent(
+            ("api_keys", "users", "memberships"), self.settings.auth.credential_cache_seconds
+        )
+
     async def _principal_from_key(self, secret: str, ip: str | None) -> Principal:
         now = utcnow()
+        digest = hash_secret(secret)
+        known = self._known_keys.get(digest)
+        if known is None or (known.expires_at is not None and known.expires_at <= now):
+            known = await self._load_key(digest, ip, now)
+        if known.last_used is None or now - known.last_used > TOUCH_EVERY:
+            async with self.db.session() as s:
+                await s.execute(
+                    update(ApiKey)
+                    .where(ApiKey.id == known.principal.api_key_id)
+                    .values(last_used_at=now, last_used_ip=ip)
+                )
+            known = replace(known, last_used=now)
+            self._known_keys.put(digest, known)
+        return replace(known.principal, ip=ip)
+
+    async def _load_key(self, digest: str, ip: str | None, now: datetime) -> _KnownKey:
         async with self.db.reader() as s:
             row = (
                 await s.execute(
                     select(ApiKey, User)
                     .join(User, ApiKey.user_id == User.id)
-                    .where(ApiKey.key_hash == hash_secret(secret))
+                    .where(ApiKey.key_hash == digest)
                 )
             ).first()
             member = None
@@ -58,23 +91,17 @@ class ApiKeys(AuthBase):
             raise await self._denied("revoked or expired API key", ip)
         if member is None:
             raise await self._denied("API key's workspace membership ended", ip)
-        last = key.last_used_at
-        if last is None or now - last > TOUCH_EVERY:
-            async with self.db.session() as s:
-                await s.execute(
-                    update(ApiKey)
-                    .where(ApiKey.id == key.id)
-                    .values(last_used_at=now, last_used_ip=ip)
-                )
-        return Principal(
+        principal = Principal(
             user.id,
             user.username,
             user.is_admin,
             frozenset(key.scopes),
             key.workspace_id,
             api_key_id=key.id,
-            ip=ip,
         )
+        known = _KnownKey(principal, expires, key.last_used_at)
+        self._known_keys.put(digest, known)
+        return known
 
     # -- API keys ------------------------------------------------------------------------
 

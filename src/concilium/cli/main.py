@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from concilium import __version__
 from concilium.cli.common import ConfigOption, err, server_marker, settings_for
+
+if TYPE_CHECKING:
+    from concilium.config import Settings
 
 __all__ = ["app"]
 
@@ -34,6 +39,10 @@ def serve(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
     port: Annotated[int | None, typer.Option(help="TCP port.")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, max=64, help="Server processes sharing the port (server.workers)."),
+    ] = None,
 ) -> None:
     """Run the HTTP server (API, OpenAI-compatible API, WebSocket)."""
     import uvicorn
@@ -43,34 +52,91 @@ def serve(
 
     settings = settings_for(config)
     server = settings.server.model_copy(
-        update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+        update={
+            k: v
+            for k, v in {"host": host, "port": port, "workers": workers}.items()
+            if v is not None
+        }
     )
     settings = settings.model_copy(update={"server": server})
     configure_logging(settings.logging)
+    if server.workers > 1 and (problem := _unshared_state(settings)):
+        err.print(f"[red]--workers {server.workers}:[/] {problem}")
+        raise typer.Exit(2)
     base = f"http://{server.host}:{server.port}"
     err.print(
         f"Concilium {__version__} on {base} (default model: {settings.chat.default_model}, "
-        f"data: {settings.data_dir})\n"
+        f"data: {settings.data_dir}"
+        + (f", {server.workers} processes" if server.workers > 1 else "")
+        + ")\n"
         f"  Open {settings.server.public_url()}/ in a browser · OpenAI-compatible API: "
         f"{base}/v1 · API description: {base}/openapi.json (with a key)"
     )
     marker = server_marker(settings)
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"url": base, "pid": os.getpid()}))
+    options: dict[str, Any] = {
+        "host": server.host,
+        "port": server.port,
+        "log_config": None,
+        "access_log": False,
+        "ws_max_size": server.max_body_bytes,
+        "timeout_graceful_shutdown": max(1, math.ceil(server.graceful_shutdown_seconds)),
+        "h11_max_incomplete_event_size": 64 * 1024,
+        "proxy_headers": False,  # the app applies server.trusted_proxies itself
+    }
     try:
-        uvicorn.run(
-            create_app(settings),
-            host=server.host,
-            port=server.port,
-            log_config=None,
-            access_log=False,
-            ws_max_size=server.max_body_bytes,
-            timeout_graceful_shutdown=max(1, math.ceil(server.graceful_shutdown_seconds)),
-            h11_max_incomplete_event_size=64 * 1024,
-            proxy_headers=False,  # the app applies server.trusted_proxies itself
-        )
+        if server.workers == 1:
+            uvicorn.run(create_app(settings), **options)
+        else:
+            _prepare_workers(settings, config)
+            uvicorn.run(
+                "concilium.api.app:worker_app", factory=True, workers=server.workers, **options
+            )
     finally:
         marker.unlink(missing_ok=True)
+
+
+def _unshared_state(settings: Settings) -> str | None:
+    """Why these settings cannot run in several processes, if they cannot."""
+    limits = settings.limits
+    counted = (
+        limits.ip_per_minute,
+        limits.user_per_minute,
+        limits.key_per_minute,
+        limits.login_per_minute,
+    )
+    if limits.storage_url.startswith("memory://") and any(counted):
+        return (
+            "rate limits counted in memory would be counted per process (each would allow "
+            "the whole limit). Keep them in Redis, which every process shares: "
+            'limits.storage_url = "redis://127.0.0.1:6379/0" (or CONCILIUM_LIMITS__STORAGE_URL).'
+        )
+    return None
+
+
+def _prepare_workers(settings: Settings, config: Path | None) -> None:
+    """What the worker processes must find done, once, before they start: the database
+    migrated, the secrets made, the setup token of a fresh install printed; and the
+    settings of this command handed to them through their environment."""
+    from concilium.services import Services
+
+    async def prepare() -> None:
+        services = Services.build(settings)
+        await services.start()
+        try:
+            services.prepare_secrets()
+            await services.announce_setup()
+        finally:
+            await services.stop()
+
+    asyncio.run(prepare())
+    os.environ["CONCILIUM_SERVER__HOST"] = settings.server.host
+    os.environ["CONCILIUM_SERVER__PORT"] = str(settings.server.port)
+    os.environ["CONCILIUM_SERVER__WORKERS"] = str(settings.server.workers)
+    os.environ["CONCILIUM_DATA_DIR"] = str(settings.data_dir)
+    if config is not None:
+        os.environ["CONCILIUM_CONFIG_FILE"] = str(config.resolve())
 
 
 def _register() -> None:

@@ -43,6 +43,7 @@ from concilium.store.models import (
     Workspace,
     utcnow,
 )
+from concilium.store.recent import Recent
 
 __all__ = ["CleanupReport", "MemoryService", "Recalled", "memory_to_dict"]
 
@@ -159,6 +160,11 @@ class MemoryService:
         self.clock = clock
         self._query_vector = query_vector
         self._vectors: LRUCache[str, _Vectors] = LRUCache(maxsize=64)
+        #: Each user's revision (-1: never had a memory), asked of the database at most
+        #: every ``revision_check_seconds``: a user with no memory costs no lookup.
+        self._revisions: Recent[int] = Recent(
+            ("memory_revisions",), settings.revision_check_seconds
+        )
         self._touches: set[asyncio.Task[None]] = set()
 
     @property
@@ -224,16 +230,30 @@ class MemoryService:
         for user_id in sorted(users):
             await self._bump(s, user_id)
 
+    async def _revision(self, user_id: str) -> int:
+        async def load() -> int:
+            async with self.db.reader() as s:
+                found = await s.scalar(
+                    select(MemoryRevision.revision).where(MemoryRevision.user_id == user_id)
+                )
+            return -1 if found is None else int(found)
+
+        return await self._revisions.get_or_load(user_id, load)
+
     async def _current_vectors(self, user_id: str) -> _Vectors | None:
+        revision = await self._revision(user_id)
+        if revision < 0:
+            return None  # never had a memory: nothing to load, nothing to embed
+        cached = self._vectors.get(user_id)
+        if cached is not None and cached.revision == revision:
+            return cached
         async with self.db.reader() as s:
-            revision = await s.scalar(
+            stored = await s.scalar(
                 select(MemoryRevision.revision).where(MemoryRevision.user_id == user_id)
             )
-            if revision is None:
-                return None  # never had a memory: nothing to load, nothing to embed
-            cached = self._vectors.get(user_id)
-            if cached is not None and cached.revision == revision:
-                return cached
+            if stored is None:
+                return None
+            revision = int(stored)
             rows = (
                 await s.execute(
                     select(

@@ -37,6 +37,14 @@ class MemorySettings(Section):
     embedder: str | None = Field(
         None, description="Embedder of memories (unset: the knowledge default)."
     )
+    revision_check_seconds: float = Field(
+        2.0,
+        ge=0,
+        le=60,
+        description="How long a server trusts its copy of a user's memories without "
+        "asking the database whether they changed. Changes made through this server are "
+        "seen at once; those of another process sharing the database, within this delay.",
+    )
     recall_k: int = Field(8, ge=0, le=50, description="Memories recalled per answer, at most.")
     min_score: float = Field(
         -1.0,
