@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import numpy as np
@@ -84,6 +84,7 @@ class Services:
     queue: DatabaseQueue
     worker: Worker
     scheduler: Scheduler
+    _warming: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -206,9 +207,26 @@ class Services:
             return  # a command runs its own jobs (``concilium ingest``), no one else's
         self.worker.start()
         self.scheduler.start()
+        self._warm_classifier()
         self.prepare_secrets()
         if announce_setup:
             await self.announce_setup()
+
+    def _warm_classifier(self) -> None:
+        """Embed the intent classifier's examples in the background now, so that the first
+        answers in mode auto do not wait for them."""
+        chooser = self.orchestrator.auto
+        classifier = getattr(chooser, "classifier", None)
+        if classifier is None:
+            return
+
+        async def warm() -> None:
+            try:
+                await classifier.warm()
+            except Exception:  # the first classification will try again, and say why
+                log.warning("classifier_warm_up_failed", exc_info=True)
+
+        self._warming = asyncio.get_running_loop().create_task(warm(), name="classifier-warm")
 
     def prepare_secrets(self) -> None:
         """Load (or create) the token signing keys and the audit key now, not on a request
@@ -234,6 +252,8 @@ class Services:
         # The tick or the short jobs in progress end (a database call cut short loses its
         # work and its connection's reset); longer jobs go back to the queue.
         grace = min(5.0, self.settings.server.graceful_shutdown_seconds)
+        if self._warming is not None:
+            self._warming.cancel()
         await self.scheduler.stop(grace)
         await self.worker.stop(grace)
         await self.chat.shutdown(self.settings.server.graceful_shutdown_seconds)

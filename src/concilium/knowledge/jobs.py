@@ -51,6 +51,7 @@ from concilium.store.models import (
     IndexOp,
     IngestItem,
     IngestJob,
+    new_id,
     utcnow,
 )
 
@@ -311,62 +312,102 @@ class IngestRunner:
     async def _store_parsed(
         self, collection: Collection, results: Sequence[tuple[IngestItem, Prepared | ParseError]]
     ) -> None:
-        """Record parsed files in one transaction: documents, versions, chunks."""
+        """Record parsed files in one transaction: documents, versions, chunks. What the
+        batch needs from the database is read in a few queries, not a few per file."""
         async with self._write_lock, self.db.session() as s:
+            ids = [item.id for item, _ in results]
+            fresh = {
+                i.id: i
+                for i in (await s.scalars(select(IngestItem).where(IngestItem.id.in_(ids)))).all()
+            }
+            sources = {item.source for item, _ in results}
+            documents = {
+                d.source: d
+                for d in (
+                    await s.scalars(
+                        select(Document).where(
+                            Document.collection_id == collection.id,
+                            Document.source.in_(sources),
+                        )
+                    )
+                ).all()
+            }
+            current = {
+                v.id: v.content_hash
+                for v in (
+                    await s.scalars(
+                        select(DocumentVersion).where(
+                            DocumentVersion.id.in_(
+                                [d.current_version_id for d in documents.values()]
+                            )
+                        )
+                    )
+                ).all()
+            }
+            numbers: dict[str, int] = {
+                document_id: int(number or 0)
+                for document_id, number in (
+                    await s.execute(
+                        select(DocumentVersion.document_id, func.max(DocumentVersion.number))
+                        .where(DocumentVersion.document_id.in_([d.id for d in documents.values()]))
+                        .group_by(DocumentVersion.document_id)
+                    )
+                ).all()
+            }
+            # Rows are added parents first (no relationship tells the ORM their order).
+            added: tuple[list[Document], list[DocumentVersion], list[ChunkRecord]] = ([], [], [])
             for item, prepared in results:
-                await self._store_one(s, collection, item, prepared)
+                row = fresh.get(item.id)
+                if row is None or row.status != "queued":
+                    continue  # cancelled meanwhile, or done by another worker
+                self._store_one(collection, row, prepared, documents, current, numbers, added)
+            for rows in added:
+                s.add_all(rows)
+                await s.flush()
 
-    async def _store_one(
+    def _store_one(
         self,
-        s: AsyncSession,
         collection: Collection,
         item: IngestItem,
         prepared: Prepared | ParseError,
+        documents: dict[str, Document],
+        current: dict[str, str],
+        numbers: dict[str, int],
+        added: tuple[list[Document], list[DocumentVersion], list[ChunkRecord]],
     ) -> None:
-        fresh = await s.get(IngestItem, item.id)
-        if fresh is None or fresh.status != "queued":
-            return  # cancelled meanwhile, or done by another worker
-        fresh.attempts += 1
+        """One parsed file: its new rows go to ``added`` (no query: ``_store_parsed`` read
+        what it needs); ``documents`` and ``numbers`` are updated for the files after it."""
+        item.attempts += 1
         if isinstance(prepared, ParseError):
-            fresh.status, fresh.reason, fresh.error = (
-                "failed",
-                prepared.reason,
-                prepared.message,
-            )
+            item.status, item.reason, item.error = "failed", prepared.reason, prepared.message
             return
         result, language = prepared.document, prepared.language
-        document = await s.scalar(
-            select(Document).where(
-                Document.collection_id == collection.id, Document.source == item.source
-            )
-        )
-        if document is not None and document.current_version_id:
-            current = await s.get(DocumentVersion, document.current_version_id)
-            if current is not None and current.content_hash == item.content_hash:
-                fresh.status, fresh.document_id = "skipped", document.id
-                fresh.version_id = current.id
-                return
+        document = documents.get(item.source)
+        if (
+            document is not None
+            and document.current_version_id
+            and current.get(document.current_version_id) == item.content_hash
+        ):
+            item.status, item.document_id = "skipped", document.id
+            item.version_id = document.current_version_id
+            return
         if document is None:
             document = Document(
+                id=new_id(),
                 collection_id=collection.id,
                 source=item.source,
                 title=(result.title or "")[:300],
                 language=language,
                 tags=item.tags,
             )
-            s.add(document)
-            await s.flush()
-        number = (
-            await s.scalar(
-                select(func.max(DocumentVersion.number)).where(
-                    DocumentVersion.document_id == document.id
-                )
-            )
-            or 0
-        )
+            added[0].append(document)
+            documents[item.source] = document
+        number = numbers.get(document.id, 0) + 1
+        numbers[document.id] = number
         version = DocumentVersion(
+            id=new_id(),
             document_id=document.id,
-            number=number + 1,
+            number=number,
             content_hash=item.content_hash,
             file_path=item.file_path,
             size=item.size,
@@ -377,10 +418,9 @@ class IngestRunner:
             ocr_pages=result.ocr_pages,
             status="pending",
         )
-        s.add(version)
-        await s.flush()
+        added[1].append(version)
         chunks = prepared.chunks
-        s.add_all(
+        added[2].extend(
             ChunkRecord(
                 collection_id=collection.id,
                 document_id=document.id,
@@ -398,8 +438,8 @@ class IngestRunner:
             )
             for c in chunks
         )
-        fresh.status, fresh.document_id, fresh.version_id = "chunked", document.id, version.id
-        fresh.chunks = len(chunks)
+        item.status, item.document_id, item.version_id = "chunked", document.id, version.id
+        item.chunks = len(chunks)
 
     # -- embed ----------------------------------------------------------------------------
 
@@ -473,41 +513,72 @@ class IngestRunner:
                 )
             ).all()
         for start in range(0, len(ready), _ACTIVATE_BATCH):
-            activated: list[DomainEvent] = []
+            ids = [item.id for item in ready[start : start + _ACTIVATE_BATCH]]
             async with self._write_lock, self.db.session() as s:
                 await lock_index_log(s, collection.id)
-                for item in ready[start : start + _ACTIVATE_BATCH]:
-                    event = await self._activate_one(s, collection, item.id)
-                    if event is not None:
-                        activated.append(event)
+                activated = await self._activate_batch(s, collection, ids)
             for event in activated:  # committed: now it is a fact
                 self.bus.publish(event)
 
-    async def _activate_one(
-        self, s: AsyncSession, collection: Collection, item_id: str
-    ) -> DomainEvent | None:
-        item = await s.get(IngestItem, item_id)
-        if item is None or item.status != "chunked" or item.version_id is None:
-            return None
-        version = await s.get(DocumentVersion, item.version_id)
-        document = await s.get(Document, item.document_id) if item.document_id else None
-        if version is None or document is None:
-            item.status, item.reason, item.error = "failed", "corrupt", "document removed"
-            return None
-        replaced = document.current_version_id
-        if replaced and replaced != version.id:
-            await retire_version(s, collection.id, replaced)
-        version.status = "active"
-        document.current_version_id = version.id
-        document.title = version.title or document.title
-        document.language = version.language
-        ids = (
-            await s.scalars(select(ChunkRecord.id).where(ChunkRecord.version_id == version.id))
-        ).all()
-        s.add_all(IndexOp(collection_id=collection.id, op="add", chunk_id=i) for i in ids)
-        item.status = "indexed"
-        change = DocumentUpdated if replaced and replaced != version.id else DocumentAdded
-        return change(collection_id=collection.id, document_id=document.id, version_id=version.id)
+    async def _activate_batch(
+        self, s: AsyncSession, collection: Collection, item_ids: Sequence[str]
+    ) -> list[DomainEvent]:
+        """Make these items' versions current, reading what they need in a few queries."""
+        items = (await s.scalars(select(IngestItem).where(IngestItem.id.in_(item_ids)))).all()
+        items = [i for i in items if i.status == "chunked" and i.version_id is not None]
+        versions = {
+            v.id: v
+            for v in (
+                await s.scalars(
+                    select(DocumentVersion).where(
+                        DocumentVersion.id.in_([i.version_id for i in items])
+                    )
+                )
+            ).all()
+        }
+        documents = {
+            d.id: d
+            for d in (
+                await s.scalars(
+                    select(Document).where(
+                        Document.id.in_([i.document_id for i in items if i.document_id])
+                    )
+                )
+            ).all()
+        }
+        chunks: dict[str, list[int]] = {}
+        for chunk_id, version_id in (
+            await s.execute(
+                select(ChunkRecord.id, ChunkRecord.version_id).where(
+                    ChunkRecord.version_id.in_(list(versions))
+                )
+            )
+        ).all():
+            chunks.setdefault(version_id, []).append(chunk_id)
+        events: list[DomainEvent] = []
+        for item in items:
+            version = versions.get(item.version_id or "")
+            document = documents.get(item.document_id or "")
+            if version is None or document is None:
+                item.status, item.reason, item.error = "failed", "corrupt", "document removed"
+                continue
+            replaced = document.current_version_id
+            if replaced and replaced != version.id:
+                await retire_version(s, collection.id, replaced)
+            version.status = "active"
+            document.current_version_id = version.id
+            document.title = version.title or document.title
+            document.language = version.language
+            s.add_all(
+                IndexOp(collection_id=collection.id, op="add", chunk_id=i)
+                for i in chunks.get(version.id, [])
+            )
+            item.status = "indexed"
+            change = DocumentUpdated if replaced and replaced != version.id else DocumentAdded
+            events.append(
+                change(collection_id=collection.id, document_id=document.id, version_id=version.id)
+            )
+        return events
 
     # -- re-embedding ---------------------------------------------------------------------
 
