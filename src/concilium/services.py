@@ -15,6 +15,7 @@ from datetime import timedelta
 
 import numpy as np
 import structlog
+from threadpoolctl import threadpool_limits
 
 from concilium.agents.approvals import Approvals
 from concilium.agents.executor import ToolExecutor, build_tools
@@ -88,6 +89,10 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
+        # numpy's BLAS runs on one thread: the embedders' matrices are too small to share
+        # out, and BLAS threads spinning between calls take the cores that llama.cpp, the
+        # parsers and the event loop need (measured in BENCHMARKS.md, ingestion).
+        threadpool_limits(1, user_api="blas")
         db = Database(
             settings.database_url,
             echo=settings.database.echo,

