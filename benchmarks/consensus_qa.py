@@ -14,7 +14,10 @@ machine, so they run one after another, not side by side. A second panel samples
 Qwen 1.5B three times (temperatures 0.2, 0.6, 1.0): the shipped ``default`` profile
 (merger, skipped when two samples agree) and its majority vote.
 
-Usage: ``python benchmarks/consensus_qa.py [--write] [--limit N]``.
+Usage: ``python benchmarks/consensus_qa.py [--write] [--limit N] [--quick]``
+(``--quick``: one question of each kind, in English and French in turn; SmolLM2-135M
+plays every part: the only worker, the judge, the merger and the model sampled three
+times).
 """
 
 from __future__ import annotations
@@ -35,23 +38,42 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from concilium.config import Settings  # noqa: E402
-from concilium.events import Done, Token, Usage  # noqa: E402
+from concilium.events import Token, Usage  # noqa: E402
 from concilium.llm.base import ChatMessage, GenerationParams  # noqa: E402
 from concilium.orchestrator.consensus import (  # noqa: E402
+    Ballot,
     ConsensusMode,
     WorkerAnswer,
     agreement_pick,
     normalise_answer,
     vote,
 )
+from concilium.orchestrator.engine import PreparedAnswer  # noqa: E402
 from concilium.orchestrator.request import AnswerOptions, AnswerRequest  # noqa: E402
 from concilium.services import running_services  # noqa: E402
-from knowledge_common import measured_line, write_section  # noqa: E402
+from knowledge_common import measured_line, refuse_quick_write, write_section  # noqa: E402
 
 DATA = REPO / "benchmarks" / "data" / "closed_qa.jsonl"
-MODELS = ("smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
-JUDGE = "qwen2.5-coder-1.5b"
-SELF = "1.5B x3 samples (t 0.2/0.6/1.0): "
+
+
+@dataclass(frozen=True)
+class Panel:
+    """The workers (each also asked alone) and the model that judges, merges and is sampled
+    three times, which the table calls ``short``."""
+
+    models: tuple[str, ...]
+    judge: str
+    short: str
+
+    @property
+    def samples(self) -> str:
+        return f"{self.short} x3 samples (t 0.2/0.6/1.0): "
+
+
+PANEL = Panel(
+    ("smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"), "qwen2.5-coder-1.5b", "1.5B"
+)
+QUICK = Panel(("smollm2-135m",), "smollm2-135m", "135M")
 SYSTEM = {
     "en": "Answer with only the final answer: a number, a name or a letter. No explanation.",
     "fr": "Réponds uniquement par la réponse finale : un nombre, un nom ou une lettre. "
@@ -103,9 +125,10 @@ class Row:
         cells = [self.by_kind.get(k) for k in ("arithmetic", "factual", "mcq", "en", "fr")]
         kinds = " | ".join(f"{c[0] / c[1]:.2f}" if c else "—" for c in cells)
         latency = statistics.mean(self.seconds)
+        accuracy = f"{self.accuracy / best.accuracy:.2f}x" if best.accuracy else "—"
         return (
             f"| {self.name} | {self.accuracy:.3f} | {kinds} | {latency:.2f} | "
-            f"{statistics.mean(self.tokens):.0f} | {self.accuracy / best.accuracy:.2f}x / "
+            f"{statistics.mean(self.tokens):.0f} | {accuracy} / "
             f"{latency / statistics.mean(best.seconds):.2f}x |"
         )
 
@@ -130,6 +153,15 @@ def _early(
     return (result.answer if result else None), everything, finished, False
 
 
+def _one_per_kind(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The first question of each kind, in English and French in turn."""
+    chosen: list[dict[str, Any]] = []
+    for kind in dict.fromkeys(item["kind"] for item in items):
+        lang = ("en", "fr")[len(chosen) % 2]
+        chosen.append(next(i for i in items if i["kind"] == kind and i["lang"] == lang))
+    return chosen
+
+
 def _request(item: dict[str, Any]) -> AnswerRequest:
     return AnswerRequest(
         [ChatMessage("system", SYSTEM[item["lang"]]), ChatMessage("user", item["question"])],
@@ -151,11 +183,32 @@ async def _alone(services: Any, model: str, request: AnswerRequest) -> tuple[str
     return "".join(parts), time.perf_counter() - t0, tokens
 
 
+async def _decide(
+    mode: ConsensusMode, strategy: str, prepared: PreparedAnswer, valid: list[WorkerAnswer]
+) -> tuple[str, int]:
+    """What ``strategy`` answers from these workers' answers, and the tokens of its own
+    model calls: the engine's ballot, without the engine's shortcut for a single answer."""
+    if not valid:
+        return "", 0
+    decider = mode.strategies[strategy]
+    tally = vote(valid, weighted=decider.weighted)
+    assert tally is not None
+    context = prepared.context
+    ballot = Ballot(context.name, context.profile, prepared.request, valid, tally)
+    parts: list[str] = []
+    spent = 0
+    async for event in decider.decide(ballot):
+        if isinstance(event, Token):
+            parts.append(event.text)
+        elif isinstance(event, Usage):
+            spent += event.total_tokens
+    return "".join(parts), spent
+
+
 async def _self_consistency(
-    services: Any, mode: ConsensusMode, asked: AnswerRequest, add: Any
+    services: Any, mode: ConsensusMode, asked: AnswerRequest, add: Any, label: str
 ) -> None:
-    request = replace(asked, model="consensus:samples")
-    prepared = await services.orchestrator.prepare(request)
+    prepared = await services.orchestrator.prepare(asked.with_options(model="consensus:samples"))
     t0 = time.perf_counter()
     answers = [
         a async for a in mode.gather(prepared, prepared.context) if isinstance(a, WorkerAnswer)
@@ -163,64 +216,61 @@ async def _self_consistency(
     workers_s = time.perf_counter() - t0
     valid = [a for a in answers if a.answered]
     majority = vote(valid)
-    add(SELF + "majority", majority.answer.text if majority else "", workers_s, _tokens(answers))
+    add(label + "majority", majority.answer.text if majority else "", workers_s, _tokens(answers))
     early, at, seen, agreed = _early(valid, workers_s)
-    add(SELF + "majority + early exit", early.text if early else "", at, _tokens(seen))
+    add(label + "majority + early exit", early.text if early else "", at, _tokens(seen))
     # The shipped profile: merger, skipped once two samples agree (early exit).
     if agreed and early is not None:
-        add(SELF + "merger (shipped default)", early.text, at, _tokens(seen))
+        add(label + "merger (shipped default)", early.text, at, _tokens(seen))
         return
     t1 = time.perf_counter()
-    merged: list[str] = []
-    spent = 0
-    async for event in mode._merge(prepared.context.profile, "samples", request, valid):
-        if isinstance(event, Token):
-            merged.append(event.text)
-        elif isinstance(event, Usage):
-            spent = event.total_tokens
+    merged, spent = await _decide(mode, "merger", prepared, valid)
     elapsed = workers_s + time.perf_counter() - t1
-    add(SELF + "merger (shipped default)", "".join(merged), elapsed, _tokens(answers) + spent)
+    add(label + "merger (shipped default)", merged, elapsed, _tokens(answers) + spent)
 
 
-async def main(write: bool, limit: int | None) -> None:
+async def main(write: bool, limit: int | None, quick: bool) -> None:
     items = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line]
+    items = _one_per_kind(items) if quick else items
     items = items[:limit] if limit else items
+    panel = QUICK if quick else PANEL
+    models, judge = panel.models, panel.judge
     profile = {
-        "workers": [{"model": m, "temperature": 0.0, "timeout_seconds": 300} for m in MODELS],
+        "workers": [{"model": m, "temperature": 0.0, "timeout_seconds": 300} for m in models],
         "strategy": "weighted",
         "early_exit": False,
-        "merger_model": JUDGE,
-        "judge_model": JUDGE,
+        "merger_model": judge,
+        "judge_model": judge,
         "max_seconds": 900,
     }
     # The shipped default profile's shape: one model sampled at three temperatures.
     samples = {
         "workers": [
-            {"model": JUDGE, "temperature": t, "timeout_seconds": 300} for t in (0.2, 0.6, 1.0)
+            {"model": judge, "temperature": t, "timeout_seconds": 300} for t in (0.2, 0.6, 1.0)
         ],
         "strategy": "merger",
         "early_exit": False,
-        "merger_model": JUDGE,
+        "merger_model": judge,
         "max_seconds": 900,
     }
-    rows = {name: Row(name) for name in (*MODELS,)}
+    rows = {name: Row(name) for name in models}
     for name in (
         "majority",
         "majority + early exit",
         "weighted (log-probabilities)",
-        "weighted, 1.5B weight 3",
+        f"weighted, {panel.short} weight 3",
         "best_of (agreement scorer)",
-        f"best_of (judge {JUDGE})",
-        f"merger ({JUDGE})",
-        SELF + "majority",
-        SELF + "majority + early exit",
-        SELF + "merger (shipped default)",
+        f"best_of (judge {judge})",
+        f"merger ({judge})",
+        panel.samples + "majority",
+        panel.samples + "majority + early exit",
+        panel.samples + "merger (shipped default)",
     ):
         rows[name] = Row(name)
     with tempfile.TemporaryDirectory() as data:
         settings = Settings(
             data_dir=Path(data),
-            chat={"default_model": JUDGE},
+            chat={"default_model": judge},
             logging={"level": "WARNING"},
             cache={"enabled": False},
             backends={"local": {"type": "embedded", "options": {"max_loaded_models": 3}}},
@@ -232,13 +282,13 @@ async def main(write: bool, limit: int | None) -> None:
             warm = AnswerRequest(
                 [ChatMessage("user", "hi")], AnswerOptions(params=GenerationParams(max_tokens=1))
             )
-            for model in MODELS:  # loading a model is not answering
+            for model in models:  # loading a model is not answering
                 await _alone(services, model, warm)
             # Each model alone, in a pass of its own: not its time inside a panel (where
             # it waits for the engine behind the others), and not right after a panel
             # left the same prompt in llama.cpp's cache.
             alone: dict[tuple[int, str], tuple[str, float, int]] = {}
-            for model in MODELS:
+            for model in models:
                 for n, item in enumerate(items, 1):
                     alone[(n, model)] = await _alone(services, model, _request(item))
             for n, item in enumerate(items, 1):
@@ -263,7 +313,7 @@ async def main(write: bool, limit: int | None) -> None:
                 ) -> None:
                     rows[name].add(correct(text, item), seconds, tokens, groups)
 
-                for model in MODELS:
+                for model in models:
                     add(model, *alone[(n, model)])
                 majority = vote(valid)
                 add(
@@ -289,38 +339,30 @@ async def main(write: bool, limit: int | None) -> None:
                     _tokens(answers),
                 )
                 t1 = time.perf_counter()
-                pick, used = await mode._judge(context.profile, request, valid)
+                picked, used = await _decide(mode, "best_of", prepared, valid)
                 add(
-                    f"best_of (judge {JUDGE})",
-                    pick.text,
+                    f"best_of (judge {judge})",
+                    picked,
                     workers_s + time.perf_counter() - t1,
-                    _tokens(answers) + used.total_tokens,
+                    _tokens(answers) + used,
                 )
                 t1 = time.perf_counter()
-                merged: list[str] = []
-                spent = 0
-                async for event in mode._merge(context.profile, "bench", request, valid):
-                    if isinstance(event, Token):
-                        merged.append(event.text)
-                    elif isinstance(event, Usage):
-                        spent = event.total_tokens
-                    elif isinstance(event, Done):
-                        break
+                merged, spent = await _decide(mode, "merger", prepared, valid)
                 add(
-                    f"merger ({JUDGE})",
-                    "".join(merged),
+                    f"merger ({judge})",
+                    merged,
                     workers_s + time.perf_counter() - t1,
                     _tokens(answers) + spent,
                 )
-                trusted = [replace(a, weight=3.0) if a.model == JUDGE else a for a in valid]
+                trusted = [replace(a, weight=3.0) if a.model == judge else a for a in valid]
                 heavy = vote(trusted, weighted=True)
                 add(
-                    "weighted, 1.5B weight 3",
+                    f"weighted, {panel.short} weight 3",
                     heavy.answer.text if heavy else "",
                     workers_s,
                     _tokens(answers),
                 )
-                await _self_consistency(services, mode, request, add)
+                await _self_consistency(services, mode, request, add, panel.samples)
                 if n % 10 == 0:
                     print(
                         f"{n}/{len(items)}",
@@ -328,7 +370,7 @@ async def main(write: bool, limit: int | None) -> None:
                         flush=True,
                     )
 
-    best = max((rows[m] for m in MODELS), key=lambda r: r.accuracy)
+    best = max((rows[m] for m in models), key=lambda r: r.accuracy)
     head = (
         "| answerer | accuracy | arithmetic | factual | MCQ | en | fr | latency s/question | "
         f"tokens/question | vs {best.name} (accuracy / latency) |\n"
@@ -356,5 +398,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--write", action="store_true", help="Update BENCHMARKS.md.")
     parser.add_argument("--limit", type=int, default=None, help="First N questions only.")
+    parser.add_argument(
+        "--quick", action="store_true", help="Three questions, SmolLM2-135M playing every part."
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.write, args.limit))
+    refuse_quick_write(parser, args)
+    asyncio.run(main(args.write, args.limit, args.quick))

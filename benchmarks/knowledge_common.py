@@ -1,8 +1,9 @@
-"""Helpers shared by the knowledge benchmarks: machine description, BENCHMARKS.md
-sections, memory figures and percentiles."""
+"""Helpers shared by the benchmarks: machine description, BENCHMARKS.md sections (never
+from a ``--quick`` run), memory figures and percentiles."""
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import math
 import os
@@ -17,6 +18,8 @@ if str(REPO / "src") not in sys.path:
     sys.path.insert(0, str(REPO / "src"))
 
 MiB = 1024 * 1024
+#: The BEIR evaluation sets shipped with the benchmarks (CONCILIUM_EVAL_DIR: others).
+EVAL_DIR = Path(os.environ.get("CONCILIUM_EVAL_DIR", REPO / "benchmarks" / "data" / "eval"))
 
 
 def machine() -> str:
@@ -37,8 +40,30 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {memory} RAM, Python {platform.python_version()}"
 
 
+def commit() -> str:
+    """The commit measured (``+changes`` when the working tree differs from it)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    head = git("rev-parse", "--short=10", "HEAD") or "unknown"
+    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def measured_line(command: str) -> str:
-    return f"Measured {dt.date.today().isoformat()} on {machine()}, no GPU; `{command}`."
+    return (
+        f"Measured {dt.date.today().isoformat()} at commit `{commit()}` on {machine()}, "
+        f"no GPU; `{command}`."
+    )
+
+
+def refuse_quick_write(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--quick`` proves that a benchmark still runs; its figures are too small to publish."""
+    if args.quick and args.write:
+        parser.error("--quick figures are not written to BENCHMARKS.md: drop --quick or --write")
 
 
 def write_section(name: str, title: str, text: str) -> None:
@@ -65,6 +90,31 @@ def rss_bytes() -> int:
         with open("/proc/self/statm") as statm:
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     return int(psutil.Process().memory_info().rss)
+
+
+class RssPeak:
+    """The highest resident set size of this process while the ``with`` block runs,
+    sampled every 10 ms by a thread (``peak_rss_bytes`` only knows the whole life's)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak = rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, rss_bytes())
+
+    def __enter__(self) -> RssPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes())
 
 
 def peak_rss_bytes() -> int:

@@ -15,7 +15,8 @@ building; each system runs in its own process). Targets at 1M chunks: hybrid p95
 <= 50 ms, ANN recall@10 >= 0.95, >= 3x faster than Chroma + rank_bm25.
 
 Usage: ``python benchmarks/knowledge_latency.py [--sizes 10000,100000,1000000]
-[--dim 512] [--queries 200] [--chroma-budget 1200] [--rank-bm25-max 100000] [--write]``.
+[--dim 512] [--queries 200] [--chroma-budget 1200] [--rank-bm25-max 100000] [--write]
+[--quick]`` (``--quick``: 2,000 chunks, 50 queries).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from knowledge_common import (
     measured_line,
     peak_rss_bytes,
     percentile,
+    refuse_quick_write,
     rss_bytes,
     write_section,
 )
@@ -574,6 +576,7 @@ def main() -> None:
         help="comma-separated result files of earlier runs: report them instead of measuring",
     )
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
+    parser.add_argument("--quick", action="store_true", help="2,000 chunks, 50 queries")
     # worker-only
     parser.add_argument("--system", default="concilium", help=argparse.SUPPRESS)
     parser.add_argument("--data", default="", help=argparse.SUPPRESS)
@@ -583,6 +586,9 @@ def main() -> None:
     if args.mode == "_worker":
         worker(args)
         return
+    refuse_quick_write(parser, args)
+    if args.quick:
+        args.sizes, args.queries = "2000", 50
 
     results: list[dict[str, Any]] = []
     if args.from_json:

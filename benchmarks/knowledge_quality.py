@@ -14,7 +14,8 @@ sets, in one run.
 Metrics (BEIR conventions, ``score_rankings``): nDCG@10, Recall@100, MRR@10.
 
 Usage: ``python benchmarks/knowledge_quality.py [--datasets cranfield-dev,fr-dev]
-[--eval-dir DIR] [--write]``.
+[--eval-dir DIR] [--write] [--quick]`` (``--quick``: per dataset, the first 10 judged
+queries over the documents they judge and the first 50 others).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import asyncio
 import importlib.util
 import json
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -37,10 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from concilium.config import Settings, load_settings
 from concilium.knowledge.evaluation import Dataset, evaluate, load_dataset, score_rankings
-from knowledge_common import REPO, measured_line, write_section
+from knowledge_common import EVAL_DIR, measured_line, refuse_quick_write, write_section
 
-#: The evaluation sets live beside the repository unless CONCILIUM_EVAL_DIR says where.
-EVAL_DIR = Path(os.environ.get("CONCILIUM_EVAL_DIR", REPO.parent / "shared" / "eval"))
 DEPTH = 100  # results per query: what Recall@100 needs
 
 #: name -> (dataset folder, split, bm25s stop words)
@@ -76,6 +74,21 @@ def document_text(title: str, text: str) -> str:
 
 def judged(dataset: Dataset) -> list[str]:
     return [q for q in dataset.queries if q in dataset.qrels]
+
+
+def shrunk(dataset: Dataset, queries: int, documents: int) -> Dataset:
+    """The first ``queries`` judged queries, over the documents they judge and the first
+    ``documents`` others: every system still has relevant documents to find among
+    distractors."""
+    kept = judged(dataset)[:queries]
+    wanted = {doc for q in kept for doc in dataset.qrels[q]}
+    wanted.update(list(dataset.corpus)[:documents])
+    return Dataset(
+        dataset.name,
+        {doc: body for doc, body in dataset.corpus.items() if doc in wanted},
+        {q: dataset.queries[q] for q in kept},
+        {q: dataset.qrels[q] for q in kept},
+    )
 
 
 # -- Concilium ---------------------------------------------------------------------------
@@ -311,7 +324,11 @@ def main() -> None:
     parser.add_argument("--eval-dir", type=Path, default=EVAL_DIR)
     parser.add_argument("--no-minilm", action="store_true", help="skip the minilm row")
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
+    parser.add_argument(
+        "--quick", action="store_true", help="10 queries and about 100 documents per dataset"
+    )
     args = parser.parse_args()
+    refuse_quick_write(parser, args)
 
     from concilium.config import LoggingSettings
     from concilium.observability.logging import configure_logging
@@ -325,6 +342,8 @@ def main() -> None:
     for name in filter(None, args.datasets.split(",")):
         folder, split, stopwords = DATASETS[name]
         dataset = load_dataset(args.eval_dir / folder, split)
+        if args.quick:
+            dataset = shrunk(dataset, queries=10, documents=50)
         print(f"{dataset.name}: Concilium ({embedder})…", file=sys.stderr)
         rows, ingest_note = asyncio.run(concilium_rows(settings, dataset))
         notes = [ingest_note]

@@ -5,7 +5,8 @@ Usage: ``python benchmarks/memory.py [--write] [--quick] [--model M] [--per-kind
 1. Accuracy on ``benchmarks/data/memory-eval.jsonl`` (``concilium eval memory``): the
    same questions answered by the same model with no memory, with every earlier session
    pasted before the question (cut to the window), and with Concilium's memory; accuracy
-   per kind, recall@5 and prompt tokens per question. ``--quick``: one item of each kind;
+   per kind, recall@5 and prompt tokens per question. ``--quick``: one single fact and
+   one abstention item, answered by smollm2-135m unless ``--model`` says otherwise;
    ``--per-kind N``: N of each kind.
 2. Recall latency at 10,000 memories of one user (1,000 with ``--quick``): ``recall``
    (the question embedded, the user's cached vectors scored, pinned and best kept) against
@@ -39,9 +40,18 @@ from concilium.memory.evaluation import KINDS, evaluate, load_items  # noqa: E40
 from concilium.memory.service import fingerprint  # noqa: E402
 from concilium.services import running_services  # noqa: E402
 from concilium.store.models import MemoryRecord, MemoryRevision, utcnow  # noqa: E402
-from knowledge_common import measured_line, percentile, write_section  # noqa: E402
+from knowledge_common import (  # noqa: E402
+    measured_line,
+    percentile,
+    refuse_quick_write,
+    write_section,
+)
 
 DATASET = ROOT / "benchmarks" / "data" / "memory-eval.jsonl"
+#: ``--quick``: the tiny test model answers one item of each of these kinds (a fact to
+#: recall, a question to decline).
+QUICK_MODEL = "smollm2-135m"
+QUICK_KINDS = ("single_fact", "abstention")
 SUBJECTS = [
     "cat",
     "sister",
@@ -63,20 +73,17 @@ SUBJECTS = [
 VERBS = ["likes", "bought", "visited", "forgot", "booked", "sold", "fixed", "planned"]
 
 
-def _balanced(items: list[Any], per_kind: int) -> list[Any]:
+def _balanced(items: list[Any], per_kind: int, kinds: tuple[str, ...] = KINDS) -> list[Any]:
     """``per_kind`` items of each kind, alternating English and French."""
     chosen = []
-    for kind in KINDS:
+    for kind in kinds:
         by_lang = [[i for i in items if i.kind == kind and i.lang == lang] for lang in ("en", "fr")]
         mixed = [i for pair in zip(*by_lang, strict=False) for i in pair]
         chosen += mixed[:per_kind]
     return chosen
 
 
-async def _accuracy(model: str | None, per_kind: int | None) -> dict[str, Any]:
-    items = load_items(DATASET)
-    if per_kind:
-        items = _balanced(items, per_kind)
+async def _accuracy(model: str | None, items: list[Any]) -> dict[str, Any]:
     started = time.perf_counter()
     reports = await evaluate(
         load_settings(None), items, model=model, systems=("none", "full", "memory")
@@ -168,7 +175,11 @@ async def _latency(count: int, questions: int = 200) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help="rewrite BENCHMARKS.md's section")
-    parser.add_argument("--quick", action="store_true", help="one item per kind, 1,000 memories")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"two items answered by {QUICK_MODEL}, 1,000 memories",
+    )
     parser.add_argument("--model", help="answering model (default: the default model)")
     parser.add_argument(
         "--per-kind", type=int, help="only N items of each kind (English and French in turn)"
@@ -177,19 +188,27 @@ def main() -> int:
         "--skip-accuracy", action="store_true", help="only the recall latency (no model)"
     )
     args = parser.parse_args()
+    refuse_quick_write(parser, args)
+    model = args.model or (QUICK_MODEL if args.quick else None)
     latency = asyncio.run(_latency(1_000 if args.quick else 10_000))
     accuracy = None
     if not args.skip_accuracy:
-        per_kind = 1 if args.quick else args.per_kind
-        accuracy = asyncio.run(_accuracy(args.model, per_kind))
+        items = load_items(DATASET)
+        if args.quick:
+            items = _balanced(items, 1, QUICK_KINDS)
+        elif args.per_kind:
+            items = _balanced(items, args.per_kind)
+        accuracy = asyncio.run(_accuracy(model, items))
     result = {"latency": latency, "accuracy": accuracy}
-    print(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1), file=sys.stderr)
+    text = _table(result, model)
+    print(text)
     if args.write:
-        write_section("memory", "Long-term memory", _table(result, args))
+        write_section("memory", "Long-term memory", text)
     return 0
 
 
-def _table(result: dict[str, Any], args: argparse.Namespace) -> str:
+def _table(result: dict[str, Any], model: str | None) -> str:
     latency = result["latency"]
     ours, naive, none = latency["recall_ms"], latency["uncached_ms"], latency["no_memory_ms"]
     lines = [
@@ -212,7 +231,7 @@ def _table(result: dict[str, Any], args: argparse.Namespace) -> str:
         lines += [
             "",
             f"**Accuracy** on `benchmarks/data/memory-eval.jsonl` ({accuracy['items']} items, "
-            f"French and English), answering model {args.model or 'the default model'} "
+            f"French and English), answering model {model or 'the default model'} "
             "(greedy, 128 answer tokens), extraction by the same model; "
             f"{accuracy['seconds'] / 60:.0f} minutes in all:",
             "",
@@ -221,7 +240,7 @@ def _table(result: dict[str, Any], args: argparse.Namespace) -> str:
         ]
         for key in ("none", "full", "memory"):
             data = systems[key]
-            cells = [f"{data['kinds'].get(k, 0):.2f}" for k in KINDS]
+            cells = [f"{data['kinds'][k]:.2f}" if k in data["kinds"] else "—" for k in KINDS]
             recall = "—" if data["recall_at_5"] is None else f"{data['recall_at_5']:.2f}"
             lines.append(
                 f"| {names[key]} | "

@@ -10,7 +10,9 @@ Sets: ``heldout`` (60 examples never used as examples) and the whole shipped set
 leave-one-out (each example classified by all the others). The model is the default
 qwen2.5-coder-1.5b on the embedded backend.
 
-Usage: ``python benchmarks/orchestration_classifier.py [--write] [--model NAME]``.
+Usage: ``python benchmarks/orchestration_classifier.py [--write] [--model NAME] [--quick]``
+(``--quick``: 10 held-out examples and 20 left out in turn, spread over the intents, with
+smollm2-135m unless ``--model`` names another).
 """
 
 from __future__ import annotations
@@ -38,7 +40,16 @@ from concilium.orchestrator.intent import (  # noqa: E402
 )
 from concilium.orchestrator.settings import IntentClassifierSettings  # noqa: E402
 from concilium.services import running_services  # noqa: E402
-from knowledge_common import measured_line, write_section  # noqa: E402
+from knowledge_common import measured_line, refuse_quick_write, write_section  # noqa: E402
+
+MODEL = "qwen2.5-coder-1.5b"
+QUICK_MODEL = "smollm2-135m"
+
+
+def _spread(count: int, limit: int | None) -> range:
+    """Indexes of ``limit`` examples out of ``count``, evenly spaced (the shipped examples
+    are grouped by intent, so every intent is asked); all of them without a limit."""
+    return range(0, count, max(1, count // limit) if limit else 1)[:limit]
 
 
 def _pct(values: Sequence[float], q: float) -> float:
@@ -69,14 +80,15 @@ class Run:
         ratio = ""
         if baseline is not None and baseline is not self:
             speed = p50 / statistics.median(baseline.latencies)
-            ratio = f"{self.accuracy / baseline.accuracy:.2f}x / {speed:.3f}x"
+            accuracy = f"{self.accuracy / baseline.accuracy:.2f}x" if baseline.accuracy else "—"
+            ratio = f"{accuracy} / {speed:.3f}x"
         return (
             f"| {self.name} | {self.total} | {self.accuracy:.3f} | {p50:.1f} | "
             f"{_pct(self.latencies, 0.95):.1f} | {self.asked} | {ratio} |"
         )
 
 
-async def main(write: bool, model: str) -> None:
+async def main(write: bool, model: str, quick: bool) -> None:
     with tempfile.TemporaryDirectory() as data:
         settings = Settings(
             data_dir=Path(data),
@@ -111,26 +123,29 @@ async def main(write: bool, model: str) -> None:
             # Warm the model so its load time is not in the first measurement.
             await classifier(train, True)._ask_model("hello", list(INTENTS))
 
+            asked = [held[i] for i in _spread(len(held), 10 if quick else None)]
+            left_out = _spread(len(every), 20 if quick else None)
             runs: dict[str, Run] = {}
             for fallback, name in ((False, "embedding"), (True, "embedding + model fallback")):
                 run = runs[f"heldout {name}"] = Run(name if fallback else f"{name} (default)")
                 c = classifier(train, fallback)
                 await c.warm()
-                for e in held:
+                for e in asked:
                     vectors.pop(e.text, None)  # a new message: its embedding is measured
                     t0 = time.perf_counter()
                     d = await c.classify(e.text)
                     run.add(d.intent == e.intent, time.perf_counter() - t0, d.method == "model")
             zero = runs["heldout zero-shot"] = Run(f"zero-shot {model}")
             c = classifier(train, True)
-            for e in held:
+            for e in asked:
                 t0 = time.perf_counter()
                 picked = await c._ask_model(e.text, list(INTENTS))
                 zero.add(picked == e.intent, time.perf_counter() - t0, True)
 
             for fallback, name in ((False, "embedding"), (True, "embedding + model fallback")):
                 run = runs[f"loo {name}"] = Run(name if fallback else f"{name} (default)")
-                for i, e in enumerate(every):
+                for i in left_out:
+                    e = every[i]
                     c = classifier(every[:i] + every[i + 1 :], fallback)
                     await c.warm()
                     vectors.pop(e.text, None)
@@ -175,6 +190,10 @@ async def main(write: bool, model: str) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--write", action="store_true", help="Update BENCHMARKS.md.")
-    parser.add_argument("--model", default="qwen2.5-coder-1.5b")
+    parser.add_argument("--model", help=f"default: {MODEL} ({QUICK_MODEL} with --quick)")
+    parser.add_argument(
+        "--quick", action="store_true", help="30 examples asked, the tiny model by default"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.write, args.model))
+    refuse_quick_write(parser, args)
+    asyncio.run(main(args.write, args.model or (QUICK_MODEL if args.quick else MODEL), args.quick))

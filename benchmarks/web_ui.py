@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 from playwright.sync_api import Browser, sync_playwright
 
-from knowledge_common import measured_line, write_section
+from knowledge_common import measured_line, refuse_quick_write, write_section
 
 CHROMIUM = "/usr/bin/chromium"
 PASSWORD = "a long enough benchmark passphrase"
@@ -257,6 +257,7 @@ def main() -> int:
     parser.add_argument("--write", action="store_true", help="rewrite BENCHMARKS.md's section")
     parser.add_argument("--quick", action="store_true", help="200 messages, one repetition")
     args = parser.parse_args()
+    refuse_quick_write(parser, args)
     messages, runs = (200, 1) if args.quick else (2000, 5)
     with tempfile.TemporaryDirectory() as folder:
         data = Path(folder)
@@ -299,9 +300,11 @@ def main() -> int:
             k: median(naive, k) for k in ("open_ms", "long_tasks", "longest_ms", "rows")
         },
     }
-    print(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1), file=sys.stderr)
+    text = _table(result, runs)
+    print(text)
     if args.write:
-        write_section("web_ui", "Web page", _table(result, runs))
+        write_section("web_ui", "Web page", text)
     return 0
 
 
