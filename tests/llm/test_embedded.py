@@ -266,13 +266,19 @@ async def test_explicit_backend_paths_obey_the_same_directory_rule(
         services.router.resolve(name)
 
 
-def test_extra_buffers_are_off_on_cpus_with_amx_unless_forced() -> None:
+def test_extra_buffers_are_off_only_where_amx_kernels_meet_an_amx_cpu() -> None:
+    import llama_cpp
+
+    from concilium.llm.backends._engine import extra_buffers_safe
     from concilium.llm.backends.embedded import _extra_buffers
 
-    has_amx = "amx_tile" in Path("/proc/cpuinfo").read_text()
-    assert _extra_buffers("auto") is not has_amx
+    assert _extra_buffers("auto") is None  # the engine decides, where llama.cpp is loaded
     assert _extra_buffers("on") is True
     assert _extra_buffers("off") is False
+    kernels = "AMX_INT8 = 1" in llama_cpp.llama_print_system_info().decode()
+    cpu = "amx_tile" in Path("/proc/cpuinfo").read_text()
+    assert extra_buffers_safe() is not (kernels and cpu)
+    assert not kernels  # make install builds llama.cpp without AMX (pyproject.toml)
 
 
 def test_the_engine_asks_for_no_extra_buffers_only_while_loading() -> None:

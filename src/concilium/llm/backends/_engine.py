@@ -26,6 +26,8 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
+from threadpoolctl import threadpool_limits
+
 __all__ = ["main"]
 
 
@@ -52,6 +54,20 @@ def _model_defaults(*, extra_buffers: bool) -> Iterator[None]:
         yield
     finally:
         setattr(bindings, name, original)
+
+
+def extra_buffers_safe() -> bool:
+    """Extra buffers (repacked weights) are safe unless this llama.cpp has AMX kernels and
+    the CPU advertises AMX: a virtual machine may, and fault on the first tile instruction."""
+    import llama_cpp
+
+    if "AMX_INT8 = 1" not in llama_cpp.llama_print_system_info().decode(errors="replace"):
+        return True
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return "amx_tile" not in cpuinfo.read()
+    except OSError:
+        return True
 
 
 class _Logprobs:
@@ -129,7 +145,8 @@ class _Engine:
             _, old = self.loaded.popitem(last=False)
             self.loaded_names = tuple(self.loaded)
             old.close()
-        with _model_defaults(extra_buffers=self.options.get("extra_buffers", True)):
+        extra = self.options.get("extra_buffers")
+        with _model_defaults(extra_buffers=extra_buffers_safe() if extra is None else extra):
             llm = Llama(
                 model_path=path,
                 n_ctx=n_ctx,
@@ -214,6 +231,9 @@ def main() -> None:
     # Ctrl-C meant for the command that started it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     options = json.loads(sys.argv[1])
+    # llama.cpp has its own threads; numpy's BLAS (llama-cpp-python's sampling uses numpy)
+    # would otherwise keep a spinning thread per core beside them.
+    threadpool_limits(1, user_api="blas")
     # The protocol owns the original stdout; anything native code prints goes to stderr.
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())

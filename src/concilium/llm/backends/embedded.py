@@ -57,7 +57,9 @@ class EmbeddedOptions(OptionsModel):
     extra_buffers: Literal["auto", "on", "off"] = Field(
         "auto",
         description="llama.cpp's extra weight buffers (repacking for faster CPU kernels, "
-        "Intel AMX). auto: on, except on CPUs with AMX, where llama.cpp's AMX kernels crash.",
+        "Intel AMX). auto: on, except where llama.cpp was built with AMX kernels and the CPU "
+        "says it has AMX (virtual machines often advertise it and fault on its first use; "
+        "`make install` builds llama.cpp without AMX, so its repacked kernels stay on).",
     )
     model_dirs: list[Path] = Field(
         default_factory=list,
@@ -74,14 +76,9 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _extra_buffers(choice: str) -> bool:
-    if choice != "auto":
-        return choice == "on"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True
-    return "amx_tile" not in flags
+def _extra_buffers(choice: str) -> bool | None:
+    """on/off, or None: the engine decides (``_engine.extra_buffers_safe``)."""
+    return None if choice == "auto" else choice == "on"
 
 
 class _EngineProcess:
