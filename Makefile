@@ -79,7 +79,8 @@ lint: install
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 
-# The load test drives the server with wrk (Debian package `wrk`). The knowledge
+# The load test drives the server with wrk (Debian package `wrk`), with one and with two
+# server processes (their rate limits in the local Redis, which `services` starts). The knowledge
 # benchmarks compare with bm25s, Chroma and rank_bm25 (the `bench` extra); the latency one
 # takes about 40 minutes at 1M chunks (LATENCY_SIZES=10000,100000 for a quick run). The
 # orchestration ones run the three bundled chat models (about half an hour together); the
@@ -87,7 +88,7 @@ lint: install
 # MEMORY_PER_KIND=4 for a 24-item run).
 MEMORY_PER_KIND ?=
 LATENCY_SIZES ?= 10000,100000,1000000
-bench: $(VENV)/.bench $(VENV)/.test-model
+bench: $(VENV)/.bench $(VENV)/.test-model services
 	@scripts/debian-packages.sh required "the benchmarks" wrk chromium
 	for model in qwen2.5-coder-1.5b qwen2.5-coder-0.5b smollm2-135m; do \
 	  $(BIN)/concilium models pull $$model || exit 1; done
