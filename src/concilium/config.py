@@ -458,3 +458,15 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
         return Settings(**overrides)
     finally:
         _config_file.reset(token)
+
+
+def pass_to_child_processes(settings: Settings, config_file: Path | str | None) -> None:
+    """Let the processes this one starts (``serve --workers``) build the same settings:
+    what the command line chose goes into the environment they inherit."""
+    server = settings.server
+    os.environ["CONCILIUM_SERVER__HOST"] = server.host
+    os.environ["CONCILIUM_SERVER__PORT"] = str(server.port)
+    os.environ["CONCILIUM_SERVER__WORKERS"] = str(server.workers)
+    os.environ["CONCILIUM_DATA_DIR"] = str(settings.data_dir)
+    if config_file is not None:
+        os.environ["CONCILIUM_CONFIG_FILE"] = str(Path(config_file).resolve())

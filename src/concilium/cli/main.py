@@ -119,6 +119,7 @@ def _prepare_workers(settings: Settings, config: Path | None) -> None:
     """What the worker processes must find done, once, before they start: the database
     migrated, the secrets made, the setup token of a fresh install printed; and the
     settings of this command handed to them through their environment."""
+    from concilium.config import pass_to_child_processes
     from concilium.services import Services
 
     async def prepare() -> None:
@@ -131,12 +132,7 @@ def _prepare_workers(settings: Settings, config: Path | None) -> None:
             await services.stop()
 
     asyncio.run(prepare())
-    os.environ["CONCILIUM_SERVER__HOST"] = settings.server.host
-    os.environ["CONCILIUM_SERVER__PORT"] = str(settings.server.port)
-    os.environ["CONCILIUM_SERVER__WORKERS"] = str(settings.server.workers)
-    os.environ["CONCILIUM_DATA_DIR"] = str(settings.data_dir)
-    if config is not None:
-        os.environ["CONCILIUM_CONFIG_FILE"] = str(config.resolve())
+    pass_to_child_processes(settings, config)
 
 
 def _register() -> None:
