@@ -342,8 +342,29 @@ class IngestRunner:
     ) -> list[Prepared | ParseError] | None:
         """Small files parsed in one call; None when the call failed as a whole."""
         files = [(await self._source(item), item.source) for item in items]
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(
+        try:
+            return await self._in_parser(files, settings)
+        except (TimeoutError, concurrent.futures.process.BrokenProcessPool):
+            return None
+
+    async def _parse(self, item: IngestItem, settings: CollectionSettings) -> Prepared | ParseError:
+        try:
+            return (await self._in_parser([(await self._source(item), item.source)], settings))[0]
+        except TimeoutError:
+            return ParseError(
+                "timeout",
+                f"parsing took longer than {self.settings.knowledge.parse_timeout_seconds:g}s",
+            )
+        except concurrent.futures.process.BrokenProcessPool:
+            # the parser died (memory limit, native crash)
+            return ParseError("corrupt", "the parser process died on this file")
+
+    async def _in_parser(
+        self, files: Sequence[tuple[str | bytes, str]], settings: CollectionSettings
+    ) -> list[Prepared | ParseError]:
+        """One call to a parser process within the time limit; a parser stuck (TimeoutError)
+        or dead (BrokenProcessPool) takes the pool with it, and a new one starts."""
+        future = asyncio.get_running_loop().run_in_executor(
             self._executor(),
             _parse_files,
             files,
@@ -356,32 +377,7 @@ class IngestRunner:
                 return await future
         except (TimeoutError, concurrent.futures.process.BrokenProcessPool):
             self._shutdown_pool()
-            return None
-
-    async def _parse(self, item: IngestItem, settings: CollectionSettings) -> Prepared | ParseError:
-        source = await self._source(item)
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(
-            self._executor(),
-            _parse_file,
-            source,
-            item.source,
-            self.settings.knowledge.max_file_bytes,
-            settings.chunk_tokens,
-            settings.chunk_overlap,
-        )
-        try:
-            async with asyncio.timeout(self.settings.knowledge.parse_timeout_seconds):
-                return await future
-        except TimeoutError:
-            self._shutdown_pool()
-            return ParseError(
-                "timeout",
-                f"parsing took longer than {self.settings.knowledge.parse_timeout_seconds:g}s",
-            )
-        except concurrent.futures.process.BrokenProcessPool:
-            self._shutdown_pool()  # the parser died (memory limit, native crash)
-            return ParseError("corrupt", "the parser process died on this file")
+            raise
 
     async def _store_parsed(
         self, collection: Collection, results: Sequence[tuple[IngestItem, Prepared | ParseError]]
