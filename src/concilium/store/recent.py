@@ -90,7 +90,3 @@ class Recent(Generic[V]):
         if self._stamp() == before:
             self.put(key, value)
         return value
-
-    def forget(self) -> None:
-        if self._values is not None:
-            self._values.clear()
